@@ -102,16 +102,16 @@ def import_block(engine: DecisionEngine, block: dict[str, Any],
     """Load a block's customers into the engine's table (activating them); their ids. Their
     LSNs are kept when the block names `journal`, else they start at 0 (every record of
     `journal` is newer than a copy made under another owner). `shard`: as `validate`."""
-    validate(block, shard)
+    columns = validate(block, shard)  # the integer columns as the table's types
     c, t = engine.compiled, engine.table
     ids = block["ids"]
     if not ids:
         return []
     rows = engine.activate(ids)
     t.values[rows] = _values(c, block)
-    _rings(c, block, t, rows)
-    t.applied[rows] = block["applied"]
-    t.lsn[rows] = block["lsn"] if journal is not None and block.get("journal") == journal else 0
+    _rings(c, block, columns, t, rows)
+    t.applied[rows] = columns["applied"]
+    t.lsn[rows] = columns["lsn"] if journal is not None and block.get("journal") == journal else 0
     return ids
 
 
@@ -186,33 +186,35 @@ def _values(c: CompiledCatalog, block: dict[str, Any]) -> np.ndarray:
     return out
 
 
-def _rings(c: CompiledCatalog, block: dict[str, Any], t, rows: np.ndarray) -> None:
+def _rings(c: CompiledCatalog, block: dict[str, Any], columns: dict[str, np.ndarray], t,
+           rows: np.ndarray) -> None:
+    """Write the rings of `columns` (the block's, as the table's types) into `rows`, their
+    codes mapped from the block's actions and channels to the catalog's."""
     if block["actions"] == c.action_ids and block["channels"] == c.channel_names and \
-            np.shape(block["ring_action"])[1:] == (c.history_size,):
-        _copy_rings(block, t, rows)  # this catalog's codes and ring size: nothing to map
+            columns["ring_action"].shape[1:] == (c.history_size,):
+        _copy_rings(columns, t, rows)  # this catalog's codes and ring size: nothing to map
         return
     action_map = np.array([c.action_index.get(a, EMPTY) for a in block["actions"]] + [EMPTY],
                           np.int16)
     # an empty entry's channel code may be 0 with no channels: it maps to EMPTY too
     channel_map = np.array([c.channel_index.get(ch, EMPTY) for ch in block["channels"]] +
                            [EMPTY], np.int16)
-    src_action = np.asarray(block["ring_action"], np.int16)
+    src_action = columns["ring_action"]
     mapped = action_map[src_action]  # EMPTY (-1) indexes the appended EMPTY
-    src_channel = np.asarray(block["ring_channel"], np.int16)
-    channels = channel_map[src_channel]
+    channels = channel_map[columns["ring_channel"]]
     same_shape = src_action.shape[1] == c.history_size
     lossless = np.all((mapped != EMPTY) == (src_action != EMPTY)) and \
         np.all((channels != EMPTY) | (src_action == EMPTY))
     if same_shape and lossless:
         # an unused entry's channel is 0, as in a fresh row (lossless: a used one has one)
-        _copy_rings({**block, "ring_action": mapped,
+        _copy_rings({**columns, "ring_action": mapped,
                      "ring_channel": np.where(mapped == EMPTY, 0, channels)}, t, rows)
         return
     # Another history size, or entries of actions or channels this catalog lacks: rebuild
     # each ring, oldest entry first, keeping the newest that fit.
     size_in = src_action.shape[1]
     for i, row in enumerate(rows.tolist()):
-        head = int(block["ring_head"][i])
+        head = int(columns["ring_head"][i])
         kept = []
         for k in range(size_in):
             e = (head - 1 - k) % size_in
@@ -228,14 +230,14 @@ def _rings(c: CompiledCatalog, block: dict[str, Any], t, rows: np.ndarray) -> No
         for j, e in enumerate(kept):
             t.ring_action[row, j] = mapped[i, e]
             t.ring_channel[row, j] = channels[i, e]
-            t.ring_outcome[row, j] = block["ring_outcome"][i, e]
-            t.ring_time[row, j] = block["ring_time"][i, e]
+            t.ring_outcome[row, j] = columns["ring_outcome"][i, e]
+            t.ring_time[row, j] = columns["ring_time"][i, e]
         t.ring_head[row] = len(kept) % c.history_size
 
 
-def _copy_rings(block: dict[str, Any], t, rows: np.ndarray) -> None:
+def _copy_rings(columns: dict[str, np.ndarray], t, rows: np.ndarray) -> None:
     for name in RING_COLUMNS + ("ring_head",):
-        getattr(t, name)[rows] = block[name]
+        getattr(t, name)[rows] = columns[name]
 
 
 # -- wire form ---------------------------------------------------------------------------------

@@ -45,7 +45,18 @@ def unknown_outcome(home: dict) -> None:
     home["ring_head"][0] = 1
 
 
-@pytest.mark.parametrize("damage", [nan_head, text_values, unknown_outcome])
+def time_past_int32(home: dict) -> None:
+    """As a list of Python ints (a store writer's msgpack): an int64 array to the checks."""
+    home["ring_time"] = np.full(home["ring_time"].shape, 2**40).tolist()
+
+
+def unused_outcome_past_int8(home: dict) -> None:
+    """In entries no action uses, which the checks of codes do not read but the load writes."""
+    home["ring_outcome"] = np.full(home["ring_outcome"].shape, 1000).tolist()
+
+
+@pytest.mark.parametrize("damage", [nan_head, text_values, unknown_outcome, time_past_int32,
+                                    unused_outcome_past_int8])
 @pytest.mark.parametrize("sealed", [True, False])
 def test_a_home_of_other_types_is_damaged_and_the_round_goes_on(compiled, tmp_path, damage,
                                                                  sealed):
@@ -57,6 +68,8 @@ def test_a_home_of_other_types_is_damaged_and_the_round_goes_on(compiled, tmp_pa
     assert "damaged" in replies[1].reason
     assert s.stats()["damaged_homes"] == 1
     assert "ana" not in s.engine.table
+    replies, _ = s.process([profile("ana", clock.now)])  # not left resident, half loaded
+    assert [r.status for r in replies] == ["unavailable"]
 
 
 def crash_case() -> None:

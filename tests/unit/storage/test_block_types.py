@@ -8,8 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kairos.cluster.storage import blocks
-from kairos.core.compiler import Outcome
+from kairos.cluster.storage import block_checks, blocks
+from kairos.core.compiler import Outcome, default_compiled
+from kairos.core.state import ProfileTable
 from tests.unit.shard.test_shard import shard
 from tests.unit.storage.test_blocks import exported
 
@@ -93,8 +94,12 @@ def test_integers_of_another_width_still_load(compiled):
     assert len(target.engine.history("ana")) == 2
 
 
+RING = (2, default_compiled().history_size)  # the `compiled` fixture's, two customers
 ODD = [None, "x", 3.5, -1, [], [[1], [2, 3]], {"a": 1}, np.array([np.nan]),
-       np.array([["x"]]), b"\x00"]
+       np.array([["x"]]), b"\x00",
+       # lists of Python ints past the table's types (int64 or uint64 arrays to the checks)
+       [2**63, 0], [-2**63, 0], [2**31, 0], np.full(RING, 2**40).tolist(),
+       np.full(RING, 1000).tolist(), np.full(RING, -129).tolist()]
 
 
 @pytest.mark.parametrize("key", ["ids", "slots", "values", "strings", "string_columns",
@@ -113,3 +118,81 @@ def test_whatever_a_part_holds_validate_raises_block_corrupt_or_it_loads(compile
         assert len(t) == len(loaded)
         heads = t.ring_head[[t.index[c] for c in loaded]]
         assert np.all((heads >= 0) & (heads < compiled.history_size)), (key, odd)
+
+
+def test_the_checks_know_the_tables_integer_types(compiled):
+    table = ProfileTable(compiled, 1)
+    assert {name: getattr(table, name).dtype for name in INTEGERS} == \
+        {name: np.dtype(kind) for name, kind in block_checks.TABLE_TYPES.items()}
+
+
+def test_outcome_codes_are_one_range():
+    """validate checks a used entry's outcome as a range, not as a set."""
+    assert sorted(o.value for o in Outcome) == list(
+        range(block_checks.FIRST_OUTCOME, block_checks.LAST_OUTCOME + 1))
+
+
+def _on_path(block: dict, path: str) -> dict:
+    """The block as the load's path reads it: this catalog's codes (copied as they are),
+    its actions in another order (mapped), or an entry of an action it lacks (rebuilt entry
+    by entry, that entry dropped)."""
+    if path == "mapped":
+        block["actions"] = list(reversed(block["actions"]))
+    elif path == "rebuilt":
+        block["actions"] = [*block["actions"], "gone"]
+        block["ring_action"][0, 2] = len(block["actions"]) - 1
+        block["ring_outcome"][0, 2] = Outcome.IMPRESSION
+        block["ring_head"][0] = 3
+    return block
+
+
+def _as_lists(block: dict) -> dict:
+    """The block as another writer's msgpack may hold it: integer columns as lists."""
+    return blocks.unpack(blocks.pack({**block, **{n: block[n].tolist() for n in INTEGERS}}))
+
+
+PAST = {  # a value just past the table's type of each column, where the checks read it
+    "ring_time": ((0, 0), 2**31), "ring_outcome": ((1, 3), 128),  # an unused entry
+    "ring_action": ((0, 0), 2**15), "ring_channel": ((0, 0), 128),
+    "applied": ((0,), 2**63), "lsn": ((1,), 2**63)}
+
+
+@pytest.mark.parametrize("path", ["copied", "mapped", "rebuilt"])
+@pytest.mark.parametrize("name", list(PAST))
+@pytest.mark.parametrize("as_list", [True, False])
+def test_an_integer_past_the_tables_type_is_corrupt_and_loads_nothing(compiled, path, name,
+                                                                      as_list):
+    """A list of Python ints raised OverflowError at the write (the rebuilt path's TypeError
+    first), a wider array wrapped silently; either way the block is corrupt."""
+    block = _on_path(with_history(compiled), path)
+    at, value = PAST[name]
+    column = np.array(block[name], object)
+    column[at] = value
+    block[name] = column.tolist()
+    # codes as high as the lists are long: only the table's type refuses them
+    block["actions"] += [f"a{i}" for i in range(2**15 + 1 - len(block["actions"]))] \
+        if name == "ring_action" else []
+    block["channels"] += [f"c{i}" for i in range(129)] if name == "ring_channel" else []
+    wide = name in ("applied", "lsn")  # int64 columns: only an unsigned array is wider
+    if not as_list:
+        block[name] = np.array(block[name], np.uint64 if wide else np.int64)
+    target = shard(compiled, "t")
+    # NumPy reads a list of 2**63 and 0 as float64, refused as no integers
+    refusal = f"{name} of type float64" if wide and as_list else f"{name} values outside"
+    with pytest.raises(blocks.BlockCorrupt, match=refusal):
+        blocks.import_block(target.engine, blocks.unpack(blocks.pack(block)), shard=True)
+    assert len(target.engine.table) == 0
+
+
+@pytest.mark.parametrize("path", ["copied", "mapped", "rebuilt"])
+def test_integer_columns_as_lists_load_as_the_arrays_do(compiled, path):
+    as_arrays, as_lists = shard(compiled, "a"), shard(compiled, "l")
+    blocks.import_block(as_arrays.engine, _on_path(with_history(compiled), path), shard=True)
+    blocks.import_block(as_lists.engine, _as_lists(_on_path(with_history(compiled), path)),
+                        shard=True)
+    for customer in ("ana", "bob"):
+        assert as_lists.engine.history(customer) == as_arrays.engine.history(customer)
+    assert len(as_lists.engine.history("ana")) == 2
+    for name in (*INTEGERS, "values"):
+        assert np.array_equal(getattr(as_lists.engine.table, name)[:2],
+                              getattr(as_arrays.engine.table, name)[:2], equal_nan=True), name
