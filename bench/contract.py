@@ -94,7 +94,8 @@ class Vocabulary:
     channels: list[str]
     placements: dict[str, list[str]]
     events: dict[str, dict[str, Spec]]  # event type -> field -> its declared type and values
-    timerless: list[str]  # event types that arm no timer
+    timerless: list[str]  # event types a caller may send that arm no timer
+    senders: dict[str, list[str]]  # event type -> the channels that may send it
     context: dict[str, Spec]
     actions: list[str]
     ledger: list[str]
@@ -114,7 +115,11 @@ class Vocabulary:
             placements={c.name: [p.name for p in c.placements] for c in cat.channels},
             events={e.name: {f.name: Spec(f.type, f.values) for f in e.fields}
                     for e in cat.events},
-            timerless=[e.name for e in cat.events if e.name not in arming],
+            timerless=[e.name for i, e in enumerate(cat.events)
+                       if e.name not in arming and compiled.event_sent[i]],
+            senders={e.name: [c for c, ok in zip(compiled.channel_names,
+                                                  compiled.event_channels[i]) if ok]
+                     for i, e in enumerate(cat.events)},
             context={c.name: Spec(c.type, c.values, c.size) for c in cat.context},
             actions=list(compiled.action_ids),
             ledger=[f"fz-{run}-ledger-{i}" for i in range(customers)],
@@ -382,10 +387,14 @@ class Generator:
     def _ledger_event(self, msg: Message, mode: str, ledger: list) -> None:
         """A ledger customer's event always has a key (a retry reuses a recent one), so that
         answered or not, it is applied at most once, and exactly once once answered; types
-        that arm timers are left to the chaos pool (a firing adds events nobody sent)."""
+        that arm timers are left to the chaos pool (a firing adds events nobody sent), and so
+        are those no caller may send (a timer's), and a channel the type may not come from is
+        replaced by one it may (the catalog's events.<type>.channels)."""
         v, rng = self.vocab, self.rng
         if msg.type in v.events and msg.type not in v.timerless:
             msg.type = rng.choice(v.timerless)
+        if msg.channel in v.channels and msg.channel not in v.senders[msg.type]:
+            msg.channel = rng.choice(v.senders[msg.type])
             msg.attributes.clear()
             for name, value in self._map_entries(
                     decision_pb2.Event.DESCRIPTOR.fields_by_name["attributes"], mode,
