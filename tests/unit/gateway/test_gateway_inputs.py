@@ -247,7 +247,7 @@ def test_a_number_past_its_fields_bounds_is_invalid_argument(served, value):
     acknowledged; it must be refused, naming the field, and change nothing."""
     gateway, stub = served
     with pytest.raises(grpc.RpcError) as exc:
-        stub.Ingest(event(customer_id="rich-1", type="loyalty_points_changed",
+        stub.Ingest(event(customer_id="rich-1", type="loyalty_points_changed", channel="",
                           attributes={"balance": value}), timeout=DEADLINE_S)
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.value.details()
     assert exc.value.details().startswith("attributes.balance:"), exc.value.details()
