@@ -724,6 +724,9 @@ cdef void _scan_history(CatalogView cat, StateView st, Workspace ws, Py_ssize_t 
                         double now) noexcept nogil:
     """Per action in the ring: impressions in its window on this channel, the latest reject
     and how many rejects fall within its window before it, the latest accept."""
+    # ring_action indexes the per-action arrays unchecked: a block's codes are checked as it
+    # loads (block_checks.validate: -1..its actions, mapped onto the catalog's by the import),
+    # and the kernel writes only the catalog's, so no guard on this per-decision path
     cdef Py_ssize_t e
     cdef int a, outcome
     cdef double t

@@ -777,16 +777,18 @@ class ModelTable:
 
     def _check_fits(self, published: Any, rows: np.ndarray | None) -> None:
         """ValueError unless a published table's statistics have this table's shapes (the
-        catalog's models and predictors; `rows`' models only, where given): the kernels index
-        them by the catalog's counts unchecked, so one of another catalog, or damaged, is
-        refused here, once per adopt, never per decision."""
+        catalog's models and predictors; `rows`' models only, where given) and types: the
+        kernels index them by the catalog's counts unchecked and bind float64 arrays only, so
+        one of another catalog, or damaged, is refused here, before anything changes, once per
+        adopt, never per decision."""
         models, inputs = len(self.mean), self.mean.shape[1]
         at = np.asarray(rows if rows is not None else [], np.int64)
         count = models if rows is None else len(at)
         wrong = [name for name in ("mean", "precision", *COUNTS, "inputs")
                  if np.shape(getattr(published, name)) != (
                      self.inputs.shape if name == "inputs" else
-                     (count, *getattr(self, name).shape[1:]))]
+                     (count, *getattr(self, name).shape[1:])) or
+                 getattr(getattr(published, name), "dtype", None) != np.float64]
         if not np.all((at >= 0) & (at < models)):
             wrong.append("rows")
         if wrong:

@@ -590,6 +590,8 @@ def record_outcomes(cat: CatalogView, st: StateView, mv: ModelView, rows, action
         refused_at[i] = 0
         row, a, ch, outcome = int(rows[i]), int(actions[i]), int(channels[i]), int(outcomes[i])
         head = st.ring_head[row]
+        if not 0 <= head < c.history_size:  # as the kernel: a damaged head writes entry 0
+            head = 0
         st.ring_action[row, head] = a
         st.ring_channel[row, head] = ch
         st.ring_outcome[row, head] = outcome

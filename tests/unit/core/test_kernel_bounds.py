@@ -40,15 +40,17 @@ def record_at_head(head: int) -> None:
           bool((e.table.ring_action[second] == -1).all()))
 
 
+@pytest.mark.parametrize("pure", ["0", "1"])  # the kernel and its NumPy twin
 @pytest.mark.parametrize("head", [-2**31, -1, "history_size", 2**31 - 1])
-def test_a_ring_head_outside_the_ring_records_at_entry_0(head):
+def test_a_ring_head_outside_the_ring_records_at_entry_0(head, pure):
     """In a process of its own: without the bound, -2**31 writes 4 GiB before the ring (a
-    crash), history_size the next customer's ring."""
+    crash), history_size the next customer's ring (the twin: an IndexError, and -1 the
+    ring's last entry)."""
     head = default_compiled().history_size if head == "history_size" else head
     done = subprocess.run(
         [sys.executable, "-c", f"from {__name__} import record_at_head; record_at_head({head})"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, kernel.PURE_ENV: "0"})
+        env={**os.environ, kernel.PURE_ENV: pure})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["0", "1", "True"]
 
@@ -102,8 +104,27 @@ def test_a_model_view_of_arrays_that_disagree_is_refused(name):
         _kernel.ModelView(**{**arrays, name: one_short})
 
 
-def test_the_rule_stack_is_the_kernels():
-    assert rules.MAX_STACK == _kernel.MAX_STACK_SUPPORTED
+@pytest.mark.parametrize("change", ["float32", "other_kind"])
+def test_a_published_table_of_other_types_or_posterior_is_refused_before_it_changes(impl,
+                                                                                    change):
+    """float32 statistics fit the shapes but not the kernels' bind, which refused them after
+    the table had taken them; a diagonal posterior's precisions ((n, d)) for a full one's
+    ((n, d, d)) are of another kind."""
+    e = DecisionEngine(default_compiled())
+    m = e.models
+    assert m.full  # the default catalog's posterior
+    whole = published(m, len(m.mean))
+    if change == "float32":
+        whole.mean = whole.mean.astype(np.float32)
+    else:
+        whole.precision = np.diagonal(whole.precision, axis1=1, axis2=2).copy()
+    view, mean = e.model_view, m.mean
+    for adopt in (e.adopt_models, m.adopting):
+        with pytest.raises(ValueError, match="mean do not fit" if change == "float32"
+                           else "precision do not fit"):
+            adopt(whole)
+    assert (m.version, m.mean.dtype) == (0, np.float64)
+    assert e.model_view is view and m.mean is mean
 
 
 def nested_value(depth: int) -> str:
