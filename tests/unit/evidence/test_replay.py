@@ -15,7 +15,7 @@ from kairos.cluster.evidence.records import (DecisionRecord, LogFormatError, Out
                                              ShownAction)
 from kairos.cluster.evidence.replay import (NOTHING, Replayed, Replayer, for_replay, replay,
                                             rewards)
-from kairos.cluster.storage.blocks import export_block, pack
+from kairos.cluster.storage.blocks import export_block, pack, unpack
 from kairos.core.catalog import load_catalog
 from kairos.core.compiler import compiled_from_text
 from kairos.core.engine import DecisionEngine
@@ -106,6 +106,16 @@ def test_a_request_the_candidate_refuses_shows_nothing_and_is_counted(still_log)
 
 def test_a_record_whose_profile_is_no_block_names_the_decision(still_log):
     broken = dataclasses.replace(still_log[0], profile=b"\x93not a block")
+    with pytest.raises(LogFormatError, match=still_log[0].decision_id):
+        Replayer(candidate(truth.candidate_catalog())).replay(broken)
+
+
+def test_a_profile_whose_ring_times_are_past_int32_names_the_decision(still_log):
+    """A list of Python ints, as another writer's msgpack holds it: the load raised
+    OverflowError, which replay does not read as a damaged record."""
+    block = unpack(still_log[0].profile)
+    block["ring_time"] = np.full(np.shape(block["ring_time"]), 2**40).tolist()
+    broken = dataclasses.replace(still_log[0], profile=pack(block))
     with pytest.raises(LogFormatError, match=still_log[0].decision_id):
         Replayer(candidate(truth.candidate_catalog())).replay(broken)
 

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 from kairos.cluster.storage import blocks
-from kairos.cluster.storage.sealed import seal, unseal
+from kairos.cluster.storage.directory_store import DirectoryStore
+from kairos.cluster.storage.sealed import SnapshotCorrupt, seal, unseal
 from kairos.core.compiler import default_compiled
 from tests.unit.shard.test_homes import passivated
-from tests.unit.shard.test_shard import T0, decide, event, p_of, profile
+from tests.unit.shard.test_shard import T0, Clock, decide, event, p_of, profile, shard
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -89,3 +90,18 @@ def test_a_nan_ring_head_in_a_home_is_refused_and_does_not_crash_the_shard():
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["unavailable", "unavailable", "ok"]
+
+
+def test_a_snapshot_whose_ring_times_are_past_int32_is_corrupt(compiled, tmp_path):
+    """Its load raised OverflowError out of recovery, not SnapshotCorrupt."""
+    clock = Clock()
+    s = shard(compiled, store=DirectoryStore(tmp_path), clock=clock)
+    s.recover()
+    s.process([event("ana", "app_open", T0)])
+    p = p_of("ana")
+    s.durability.snapshot([p])
+    snap = blocks.unpack(unseal(s.store.get_snapshot(p), "snapshot")[0])
+    time_past_int32(snap["block"])
+    s.store.put_snapshots({p: seal(blocks.pack(snap))})
+    with pytest.raises(SnapshotCorrupt, match="ring_time values outside"):
+        shard(compiled, store=DirectoryStore(tmp_path), clock=clock).recover()
