@@ -107,7 +107,8 @@ def _as_table_type(name: str, column: np.ndarray) -> np.ndarray:
     """An integer column as the table's type; BlockCorrupt where a value is past it (any
     entry, used or not: the whole ring is written)."""
     kind = TABLE_TYPES[name]
-    if not np.can_cast(column.dtype, kind):
+    # the table's own type first: what the shard's blocks hold, and can_cast costs 0.7 us
+    if column.dtype.type is not kind and not np.can_cast(column.dtype, kind):
         low, high = np.iinfo(kind).min, np.iinfo(kind).max
         if not np.all((column >= low) & (column <= high)):
             raise _corrupt(f"{name} values outside {low}..{high}, the table's {np.dtype(kind)}")
