@@ -414,6 +414,12 @@ INGEST_STREAMS_PER_HOST = integer("INGEST_STREAMS_PER_HOST", max(1, INGEST_STREA
 # How long an IngestStream may wait for its caller's next event before the gateway ends it
 # (DEADLINE_EXCEEDED, its events acked), so forgotten streams do not hold their places.
 INGEST_STREAM_IDLE_S = number("INGEST_STREAM_IDLE_S", 600.0, above=True)
+# How long an IngestStream's caller may leave its acks unread (the gateway's write held by flow
+# control) before the gateway ends the stream (RESOURCE_EXHAUSTED): its window of events, and its
+# place, are not held for a caller that stopped reading. Flow control hands acks on as the
+# caller's reads free its window, some 30 KB at a time: a caller reading less than that in this
+# time looks stalled.
+INGEST_STREAM_STALL_S = number("INGEST_STREAM_STALL_S", 30.0, above=True)
 # How often a gateway looks whether to freeze its long-lived objects (pauses.py).
 PAUSES_CHECK_S = number("PAUSES_CHECK_S", 1.0, above=True, high=3600.0)
 # How long a forgotten customer's links stay refused (a late step of a link that began before

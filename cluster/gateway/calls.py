@@ -293,6 +293,11 @@ class Gateway:
         finally:
             self.inflight -= 1
 
+    def answered(self, _reply: asyncio.Future) -> None:
+        """A reply's done callback: the runtime call `inflight` counted until its shard
+        answered (or it was given up) is done, whether or not its caller has read it yet."""
+        self.inflight -= 1
+
     async def as_customer(self, who: Who, call: Callable[[str], Awaitable]) -> Any:
         """`call(customer_id)` for the customer a request names, its alias resolved."""
         customer_id = who.customer_id

@@ -17,8 +17,8 @@ from kairos.cluster.gateway import requests, wire
 from kairos.cluster.gateway.auth import Denied, caller, check_channel, require_scope
 from kairos.cluster.gateway.bounds import host_of
 from kairos.cluster.gateway.calls import FORGOTTEN_IN_CALL, abort
-from kairos.cluster.gateway.streams import IdleLimit
-from kairos.cluster.settings import INGEST_STREAM_IDLE_S, STREAM_WINDOW
+from kairos.cluster.gateway.streams import IdleLimit, WaitLimit
+from kairos.cluster.settings import INGEST_STREAM_IDLE_S, INGEST_STREAM_STALL_S, STREAM_WINDOW
 from kairos.cluster.transport.backend import NotCarried, NotSent, Unavailable
 from kairos.cluster.transport.client import Busy, ShardUnavailable
 from kairos.cluster.transport.lanes import Call, EarlierFailed
@@ -32,6 +32,10 @@ CHUNK = 256
 IDLE = (f"the stream sent no event for {INGEST_STREAM_IDLE_S:.0f} s (KAIROS_INGEST_STREAM_IDLE_S): "
         f"the gateway ended it; the events acked on it were applied, none after them: open a "
         f"new stream to send more")
+STALLED = (f"the caller read no ack for {INGEST_STREAM_STALL_S:.0f} s "
+           f"(KAIROS_INGEST_STREAM_STALL_S): the gateway ended the stream; the events acked on it "
+           f"were applied, and those sent after them may have been: send again from the first "
+           f"one not acked, with the same idempotency keys")
 ROUTED = ("; the customer's shard refused it once the call's events were routed: its other "
           "events may have been applied")
 
@@ -102,7 +106,9 @@ class Ingesting:
         """Events go out as they arrive, in the order they were sent; each ack goes back as
         soon as it and every earlier one are done, in order. At most STREAM_WINDOW events wait
         for their acks: past that, reading pauses (gRPC flow control pushes back on the
-        sender). The first failing event ends the stream with its status; earlier ones were
+        sender). An event counts in the gateway's calls in flight until its shard answers, not
+        until its ack is read: a caller that reads slowly holds its window, not the gateway's
+        limit. The first failing event ends the stream with its status; earlier ones were
         acked. Each event's ack is due within the deadline left when it was read: the
         caller's, or DEFAULT_DEADLINE_S for a stream without one, which lasts for as long as
         its caller keeps it open. Events named by customer id are routed as they are read,
@@ -114,7 +120,9 @@ class Ingesting:
         it ran when the stream opened. A gateway serves at most INGEST_STREAMS of them (and
         of those, at most INGEST_STREAMS_PER_KEY of one key and _PER_HOST from one host: past
         any, RESOURCE_EXHAUSTED), and ends one whose caller sent no event for
-        INGEST_STREAM_IDLE_S (DEADLINE_EXCEEDED, once every event sent was acked)."""
+        INGEST_STREAM_IDLE_S (DEADLINE_EXCEEDED, once every event sent was acked), or read
+        no ack for INGEST_STREAM_STALL_S (RESOURCE_EXHAUSTED: an ack's write held by flow
+        control so long; the acks written before it reach the caller, then the status)."""
         try:
             callers = self.gateway.ingest_streams.admit(caller(), host_of(context.peer()))
         except Busy as exc:
@@ -122,15 +130,21 @@ class Ingesting:
         pending: asyncio.Queue = asyncio.Queue(STREAM_WINDOW)
         call = Call()
         reader = asyncio.ensure_future(self._read(request_iterator, context, pending, call))
+        loop, handler = asyncio.get_running_loop(), asyncio.current_task()
+        stall = WaitLimit(INGEST_STREAM_STALL_S, lambda: _end_stalled(context, handler))
         failure = None
         try:
             async with asyncio.timeout(None if context.time_remaining() is None else
                                        self.gateway.timeout(context)):
                 while (item := await pending.get()) is not None:
-                    yield await self._ack(item)
+                    ack = await self._ack(item)
+                    stall.since = loop.time()  # until the caller's reads make room for it
+                    yield ack
+                    stall.since = None
         except Exception as exc:
             failure = exc
         finally:  # also when the caller went away
+            stall.close()
             reader.cancel()
             while not pending.empty():
                 self._drop(pending.get_nowait())
@@ -190,7 +204,8 @@ class Ingesting:
                 event, checked, where, self.gateway.timeout(context), last, sent, call)),
                 sent=sent)
         reply = self.client.enqueue(request, call)
-        self.gateway.inflight += 1
+        self.gateway.inflight += 1  # until the shard answers, read or not (`Gateway.answered`)
+        reply.add_done_callback(self.gateway.answered)
         return _Pending(event, where, request, reply,
                         asyncio.get_running_loop().time() + self.gateway.timeout(context))
 
@@ -200,21 +215,19 @@ class Ingesting:
         if item.task is not None:
             return await item.task
         try:
-            async with asyncio.timeout_at(item.due):
+            async with asyncio.timeout_at(item.due):  # past it, the reply is cancelled
                 return _ack_out(item.event, await _settled(
                     self.client.settle(item.request, await item.reply)))
         except InputError as exc:
             raise type(exc)(item.where + exc.field, exc.reason) from None
-        finally:
-            self.gateway.inflight -= 1
 
     def _drop(self, item: _Pending | Exception | None) -> None:
         """An event whose ack nobody will wait for."""
         if isinstance(item, _Pending):
             if item.task is not None:
                 item.task.cancel()
-            else:
-                self.gateway.inflight -= 1
+            else:  # no longer awaited: counted no longer (a reply come already was)
+                item.reply.cancel()
 
     async def IngestBatch(self, request: pb.EventBatch, context) -> pb.EventBatchAck:
         """Check every event and resolve the aliases they name; then route them all at once,
@@ -281,6 +294,19 @@ class Ingesting:
         return [event if who.alias_key is None else
                 event._replace(customer_id=customers[who.alias_key],
                                via=who.via(customers[who.alias_key])) for who, event in checked]
+
+
+def _end_stalled(context, handler: asyncio.Task) -> None:
+    """End a stream whose caller stopped reading its acks, its `handler` (grpc's task) held
+    at a write that flow control keeps waiting. The status (RESOURCE_EXHAUSTED, STALLED) is
+    sent from a task of its own: it goes out behind the acks written, which the caller reads
+    first (grpc 1.85, measured). Then the handler is cancelled, as the write may wait for as
+    long as the caller keeps its connection (a cancel alone would send it no status): the
+    loop closes the stream's generator, whose `finally` frees its place, window and calls."""
+    ending = asyncio.ensure_future(abort(context, Busy(STALLED)))
+    ending.add_done_callback(lambda done: done.cancelled() or done.exception())  # AbortError
+    asyncio.get_running_loop().call_soon(handler.cancel)  # once the status is on its way:
+    # the task's first step sends it, and the loop runs it first
 
 
 def check_event(event: pb.Event) -> None:

@@ -1,5 +1,5 @@
 """A gateway's watch streams: what WatchDecisions callers follow, and the pushes that feed
-them; and the bounds on a gateway's streams (`Open`, `IdleLimit`).
+them; and the bounds on a gateway's streams (`Open`, `WaitLimit`, `IdleLimit`).
 
 A watch is a view (channel, placement) of one customer, or of every customer of the channel.
 Its registration (with the customer's shard, or for a whole channel with the controller,
@@ -254,46 +254,53 @@ class Open:
                 del self.callers[caller]
 
 
-class IdleLimit:
-    """Ends the current task's waits for a stream's next item (`next`) that last `limit_s`,
-    with TimeoutError(`why`); a timer a period, not one per item (an asyncio.timeout around
-    each read cost 4-10 µs an item, this 0.3-0.7 µs)."""
+class WaitLimit:
+    """Calls `expired()`, once (`expired` is then True), when a wait has lasted `limit_s`: from
+    `since` (the loop's time its caller sets as the wait begins; None when done); a timer a
+    period, not one per wait (an asyncio.timeout around each cost 4-10 µs, this 0.3-0.7 µs)."""
 
-    def __init__(self, limit_s: float, why: str) -> None:
+    def __init__(self, limit_s: float, expired: Callable[[], object]) -> None:
         self._loop = asyncio.get_running_loop()
-        self._task = asyncio.current_task()
-        self._limit_s = limit_s
-        self._why = why
-        self._since: float | None = None  # when the wait for the next item began
-        self._expired = False
+        self._limit_s, self._on_expiry = limit_s, expired
+        self.since: float | None = None
+        self.expired = False
         self._timer = self._loop.call_later(limit_s, self._check)
-
-    async def next(self, items: AsyncIterator[T]) -> T | None:
-        """The next item; None at the end."""
-        self._since = self._loop.time()
-        try:
-            return await anext(items)
-        except StopAsyncIteration:
-            return None
-        except asyncio.CancelledError:
-            if not self._expired:
-                raise
-            self._task.uncancel()
-            raise TimeoutError(self._why) from None
-        finally:
-            self._since = None
 
     def close(self) -> None:
         self._timer.cancel()
 
     def _check(self) -> None:
         now = self._loop.time()
-        if self._since is not None and now - self._since >= self._limit_s:
-            self._expired = True
-            self._task.cancel()
+        if self.since is not None and now - self.since >= self._limit_s:
+            self.expired = True
+            self._on_expiry()
         else:
             self._timer = self._loop.call_at(
-                (now if self._since is None else self._since) + self._limit_s, self._check)
+                (now if self.since is None else self.since) + self._limit_s, self._check)
+
+
+class IdleLimit(WaitLimit):
+    """Ends the current task's waits for a stream's next item (`next`) that last `limit_s`,
+    with TimeoutError(`why`)."""
+
+    def __init__(self, limit_s: float, why: str) -> None:
+        self._task, self._why = asyncio.current_task(), why
+        super().__init__(limit_s, self._task.cancel)
+
+    async def next(self, items: AsyncIterator[T]) -> T | None:
+        """The next item; None at the end."""
+        self.since = self._loop.time()
+        try:
+            return await anext(items)
+        except StopAsyncIteration:
+            return None
+        except asyncio.CancelledError:
+            if not self.expired:
+                raise
+            self._task.uncancel()
+            raise TimeoutError(self._why) from None
+        finally:
+            self.since = None
 
 
 class Watches:

@@ -1,0 +1,145 @@
+"""IngestStreams whose callers stop reading their acks (issue 18): an event counts in the
+gateway's calls in flight until its shard answers, not until its ack is read, so stalled
+streams hold their windows and not the gateway's limit; one whose acks go unread for
+INGEST_STREAM_STALL_S ends (RESOURCE_EXHAUSTED, after the acks written) and frees what it held;
+one read slowly but steadily goes on (real gRPC on 127.0.0.1, in-process backend).
+
+The callers' channels turn off BDP probing, so their receive window stays at gRPC's 64 KiB: a
+stream is held at its window after some 200 acks unread, not the megabytes a window grown by
+probing takes on loopback; and each has a connection of its own (channels alike share one, whose
+window a stalled stream would fill for all)."""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Callable, Iterator
+
+import grpc
+import pytest
+
+from kairos.cluster.gateway import calls, ingesting
+from kairos.v1 import decision_pb2 as pb
+from kairos.v1.decision_pb2_grpc import DecisionServiceStub
+
+from tests.support.inprocess_gateway import serving
+from tests.support.waiting import wait_until
+
+KEYS = """keys:
+  - {key: 'web-ingest-decide-0123456789', name: web, channel: web, scopes: [ingest, decide]}
+  - {key: 'app-decide-key-0123456789ab', name: app, channel: app, scopes: [decide]}
+"""
+WEB = (("x-api-key", "web-ingest-decide-0123456789"),)
+APP = (("x-api-key", "app-decide-key-0123456789ab"),)
+SMALL_WINDOW = [("grpc.http2.bdp_probe", 0), ("grpc.use_local_subchannel_pool", 1)]
+
+
+def _event(stream: int, n: int) -> pb.Event:
+    """Event `n` of stream `stream`, of a customer of its own; its id, long (256 characters),
+    makes its ack some 300 bytes, so a few hundred fill a caller's window."""
+    key = f"s{stream}-e{n}"
+    return pb.Event(customer_id=f"c{stream}-{n}", type="app_open", channel="web",
+                    idempotency_key=key, event_id=key.ljust(256, "."))
+
+
+def _endless(stream: int) -> Iterator[pb.Event]:
+    n = 0
+    while True:
+        yield _event(stream, n)
+        n += 1
+
+
+@contextlib.contextmanager
+def _unread(port: int, streams: int, metadata: tuple = ()) -> Iterator[list]:
+    """`streams` IngestStreams, each on a channel of its own, without a deadline, sending
+    events without end; their acks are the caller's to read (or not)."""
+    with contextlib.ExitStack() as stack:
+        held = []
+        for s in range(streams):
+            channel = stack.enter_context(
+                grpc.insecure_channel(f"127.0.0.1:{port}", options=SMALL_WINDOW))
+            held.append(DecisionServiceStub(channel).IngestStream(_endless(s),
+                                                                  metadata=metadata))
+            stack.callback(held[-1].cancel)
+        yield held
+
+
+def test_stalled_ingest_streams_of_one_key_do_not_lock_every_caller_out(monkeypatch):
+    """The review's repro: LIMIT / (STREAM_WINDOW + 1) + 1 streams of one key whose acks go
+    unread each kept STREAM_WINDOW + 1 events counted in flight for as long as their caller
+    held them, and every other key's Decide was RESOURCE_EXHAUSTED; now their events count
+    until their shard answers, and the Decide is served while the streams stay stalled."""
+    monkeypatch.setattr(calls, "GATEWAY_INFLIGHT_LIMIT", 2000)  # 20,000: 20 streams
+    monkeypatch.setattr(ingesting, "INGEST_STREAM_STALL_S", 600.0)  # none is ended meanwhile
+    with serving(KEYS) as (gateway, _):
+        [shard] = gateway.client.backend.shards.values()
+        streams = 2000 // ingesting.STREAM_WINDOW + 1
+        with _unread(gateway.port, streams, WEB):
+            wait_until(_settled(lambda: len(shard.engine.table), streams * 200), 120,
+                       "the streams held at their windows", poll_s=0.5)
+            assert gateway.gateway.ingest_streams.open == streams  # stalled, not ended
+            with grpc.insecure_channel(f"127.0.0.1:{gateway.port}") as other:
+                decision = DecisionServiceStub(other).Decide(
+                    pb.DecideRequest(customer_id="victim", channel="app"), metadata=APP,
+                    timeout=10)  # main: RESOURCE_EXHAUSTED "gateway g has 2000 calls..."
+            assert decision.customer_id == "victim"
+            wait_until(lambda: gateway.gateway.inflight == 0, 30,
+                       "no call in flight once the shard answered")  # main: 2000
+
+
+def _settled(count: Callable[[], int], least: int) -> Callable[[], bool]:
+    """A condition that holds once `count()` is at least `least` and the same as at the look
+    before: the streams' events applied (a customer each) stopped growing, as each stream is
+    held at its caller's window with its own window of events read behind it."""
+    seen = [-1]
+
+    def settled() -> bool:
+        before, seen[0] = seen[0], count()
+        return seen[0] >= least and seen[0] == before
+    return settled
+
+
+def test_a_stream_whose_acks_go_unread_ends_and_frees_what_it_held(monkeypatch):
+    """Past INGEST_STREAM_STALL_S with its acks unread, a stream ends: its place and calls are
+    freed while its caller still reads nothing; reading, the caller gets every ack the gateway
+    wrote, in order, then RESOURCE_EXHAUSTED naming the setting; the events acked stay
+    applied (sent again with their keys: duplicates)."""
+    monkeypatch.setattr(ingesting, "INGEST_STREAM_STALL_S", 1.0)
+    with serving() as (gateway, channel):
+        with _unread(gateway.port, 1) as [stalled]:
+            wait_until(lambda: gateway.gateway.ingest_streams.open, 30, "the stream open")
+            wait_until(lambda: not gateway.gateway.ingest_streams.open, 30,
+                       "the stalled stream ended")  # main: held until its caller goes
+            wait_until(lambda: gateway.gateway.inflight == 0, 10, "its calls released")
+            acks = []
+            with pytest.raises(grpc.RpcError) as ended:
+                for ack in stalled:
+                    acks.append(ack)
+        assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "KAIROS_INGEST_STREAM_STALL_S" in ended.value.details()
+        assert "read no ack" in ended.value.details()
+        assert [ack.event_id for ack in acks] == [
+            _event(0, n).event_id for n in range(len(acks))]
+        assert len(acks) > 100  # what its caller's window held
+        again = DecisionServiceStub(channel).IngestStream(
+            iter([_event(0, 0), _event(0, len(acks) - 1)]), timeout=30)
+        assert [ack.duplicate for ack in again] == [True, True]
+
+
+def test_a_caller_reading_its_acks_slowly_but_steadily_is_not_cut(monkeypatch):
+    """A caller that reads slower than the gateway acks keeps the stream at its window for many
+    times INGEST_STREAM_STALL_S, each ack's write waiting for its reads (flow control hands
+    acks on some 30 KB at a time): reading, it is never cut, and gets every ack in order."""
+    monkeypatch.setattr(ingesting, "INGEST_STREAM_STALL_S", 2.0)
+    with serving() as (gateway, _):
+        with grpc.insecure_channel(f"127.0.0.1:{gateway.port}", options=SMALL_WINDOW) as slow:
+            count = 3000
+            acks = DecisionServiceStub(slow).IngestStream(
+                (_event(0, n) for n in range(count)), timeout=120)
+            time.sleep(0.5)  # its window fills meanwhile, within the stall limit
+            got = []
+            for ack in acks:
+                got.append(ack.event_id)
+                time.sleep(0.001)  # ~3 s in all: slower than the gateway acks
+        assert got == [_event(0, n).event_id for n in range(count)]
+        wait_until(lambda: not gateway.gateway.ingest_streams.open, 10, "the stream ended")
+        assert gateway.gateway.inflight == 0
