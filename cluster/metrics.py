@@ -96,6 +96,10 @@ class ShardMetrics:
             "kairos_strings_overflowed_total", "Strings of events and loaded profiles stored "
             "as '<other>': the shard's string table was full of strings its resident profiles "
             "hold (the log names the fields that hold the most)", tag_keys=("shard",))
+        self.string_compaction_s = Counter(
+            "kairos_string_compaction_seconds_total", "Time the shard's loop spent freeing the "
+            "codes of strings no resident profile holds (requests wait for it; a shard's stats "
+            "give the passes as string_compactions)", tag_keys=("shard",))
         self.learned = Counter(
             "kairos_outcomes_learned_total", "Outcomes recorded, by what the models learned "
             "from: decision (the inputs the decision saw), profile_no_decision (offline "
@@ -129,7 +133,8 @@ class ShardMetrics:
                              ("model_updates_refused", self.model_updates_refused),
                              ("values_clipped", self.values_clipped),
                              ("values_unbounded", self.values_unbounded),
-                             ("strings_overflowed", self.strings_overflowed)):
+                             ("strings_overflowed", self.strings_overflowed),
+                             ("string_compaction_s", self.string_compaction_s)):
             self._inc(metric, name, counts[name], self.tags)
         for name, n in counts.items():
             if name.startswith(LEARNED_COUNT):

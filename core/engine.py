@@ -626,21 +626,17 @@ class DecisionEngine:
 
     # -- the string table --------------------------------------------------------------------
 
-    def compact_strings(self) -> None:
-        """Drop the strings no resident profile holds from the string table, renumbering the
-        rest after the catalog's (StringTable.compact), and recode the string slots of the
-        table's rows to match, in one pass. Only between rounds: an encoded event or request
-        holds codes of the table as it was (a request's context, an event's fields); nothing
-        else outside the profile rows does (the decision memo's inputs are numbers and 0/1
-        indicators, a passivated or moved customer's block carries its strings as text, a
-        free row holds the catalog's defaults)."""
-        t, slots, strings = self.table, self._string_slots, self.compiled.strings
-        columns = t.values[:t.used, slots]  # every row ever taken: free ones hold defaults
-        # written back only where a code may move: a slot of declared values holds the
-        # catalog's (a third of the pass at 1M residents, the table's rows being wide)
-        moving = np.flatnonzero((columns >= strings.fixed).any(axis=0))
-        recoded = strings.compact(columns)
-        t.values[:t.used, slots[moving]] = recoded[:, moving]
+    def compact_strings(self) -> int:
+        """Free the codes of the strings no resident profile holds (StringTable.compact), for
+        new strings to take; how many. A code in use keeps its string, so no row is written.
+        Only between rounds: an encoded event or request holds codes of the table as it is
+        (a request's context, an event's fields), whose strings no row may hold yet; nothing
+        else outside the profile rows holds one across rounds (the decision memo's inputs
+        are numbers and 0/1 indicators, a decision, its log record and its pushes hold ids
+        and text, a passivated or moved customer's block carries its strings as text, a free
+        row holds the catalog's defaults)."""
+        t = self.table  # every row ever taken: a free one holds the catalog's defaults
+        return self.compiled.strings.compact(t.values[:t.used, self._string_slots])
 
     def distinct_strings(self, top: int = 3) -> list[tuple[str, int]]:
         """The string slots whose values differ the most across the resident profiles, and

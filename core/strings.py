@@ -3,10 +3,11 @@
 The catalog's strings come first and keep their codes for good (rules, `when` filters and
 indicators compare against them, compiled into read-only arrays). The strings events bring are
 interned after them as they are applied, so that a `last` feature or a `from` attribute over a
-free-text field can show its value; free text is unbounded, so the engine's owner compacts the
-table from time to time (`due`, `compact`): it keeps only the strings some resident profile
-still holds, renumbered after the catalog's, so that a flood of one customer's distinct strings
-costs memory only while a profile holds them, not the shard's room for everyone's text.
+free-text field can show its value. Free text is unbounded, so the engine's owner frees, from
+time to time (`due`, `compact`), the codes of the strings no resident profile holds any more,
+and `intern` gives them to new strings: a flood of one customer's distinct strings costs room
+only while a profile holds them, not the shard's room for everyone's text. A code in use never
+moves, so a compaction writes no profile row and remaps no holder.
 """
 from __future__ import annotations
 
@@ -17,99 +18,129 @@ class StringTable:
     """Codes for every string the catalog and the resident profiles use; catalog strings
     come first.
 
-    Codes are exact in a float64 slot. Rules only ever compare strings for equality, and only
-    against catalog strings (interned at compile time) or another slot's code, so renumbering
-    the strings after the catalog's (`compact`) changes no rule's result. Past `limit` codes a
-    new string gets the shared OVERFLOW code (it reads back as "<other>"): a last resort, when
-    the strings the residents hold do not fit.
+    Codes are exact in a float64 slot. Rules only ever compare strings for equality, against
+    catalog strings (interned at compile time) or another slot's code, so which code a string
+    gets changes no rule's result. A freed code (`compact`) reads None until `intern` gives it
+    to a new string: whoever holds a code must be among the holders a compaction is given.
+    With no code free and `limit` codes taken, a new string gets the shared OVERFLOW code (it
+    reads back as "<other>"): the last resort, when the strings the residents hold fill the
+    table. That code is taken past the limit, once, and never freed (rows that hold it may
+    come and go): it costs no room.
     """
 
     OVERFLOW_TEXT = "<other>"
 
     def __init__(self, limit: int = 1_000_000) -> None:
         self.codes: dict[str, int] = {}
-        self.strings: list[str] = []
+        self.strings: list[str | None] = []  # by code; None: a free code
+        self.free: list[int] = []  # codes `compact` freed, which `intern` gives out again
         self.limit = limit
         self.overflow = -1
-        # the catalog's strings, whose codes never move: None until `seal` (an engine seals
-        # the table it is given; a copy keeps what its original's catalog was)
+        # the catalog's strings, whose codes are never freed: None until `seal` (an engine
+        # seals the table it is given; a copy keeps what its original's catalog was)
         self.fixed: int | None = None
-        self.added = 0  # new strings since the last compaction, overflowed ones too
-        self.refused = 0  # of them, those given the OVERFLOW code
-        self.kept = 0  # strings past the catalog's that the last compaction kept
+        self.added = 0  # new strings ever asked for, overflowed ones too
+        self._counted = 0  # `added` when `due` last looked: the strings of a round since
+        self._headroom = 0  # the room the next round may want, as `due` last reckoned it
+        self._compacted = 0  # `added` at the last compaction
+        self._wait = 0  # new strings the next compaction waits for: its back-off
         self._unreported = 0  # overflowed strings `overflowed` has not told of yet
 
     def intern(self, text: str) -> int:
         code = self.codes.get(text)
         if code is None:
             self.added += 1
-            if len(self.strings) >= self.limit:
+            if self.free:
+                code = self.free.pop()
+                self.strings[code] = text
+            elif len(self.strings) < self.limit:
+                code = len(self.strings)
+                self.strings.append(text)
+            else:
                 return self._overflow()
-            code = len(self.strings)
             self.codes[text] = code
-            self.strings.append(text)
         return code
 
     def _overflow(self) -> int:
-        self.refused += 1
         self._unreported += 1
         if self.overflow < 0:
             self.overflow = len(self.strings)
             self.strings.append(self.OVERFLOW_TEXT)
         return self.overflow
 
-    def text(self, code: float) -> str:
+    def text(self, code: float) -> str | None:
         return self.strings[int(code)]
 
     def copy(self) -> "StringTable":
         twin = StringTable(self.limit)
-        twin.codes, twin.strings, twin.overflow = dict(self.codes), list(self.strings), \
-            self.overflow
-        twin.fixed = self.fixed
+        twin.codes, twin.strings, twin.free = dict(self.codes), list(self.strings), \
+            list(self.free)
+        twin.overflow, twin.fixed = self.overflow, self.fixed
         return twin
 
     def seal(self) -> None:
         """The strings in the table now are the catalog's (unless a seal said so before):
-        `compact` keeps them where they are."""
+        `compact` never frees them."""
         if self.fixed is None:
             self.fixed = len(self.strings)
+            self._counted = self._compacted = self.added  # the catalog's are no round's
 
     def overflowed(self) -> int:
         """Strings given the OVERFLOW code since the last call: for a shard's tallies."""
         count, self._unreported = self._unreported, 0
         return count
 
-    def due(self) -> bool:
-        """Whether a compaction is worth its cost (a pass over the residents' string slots):
-        once as many new strings came as the last one kept, and at least a quarter of the
-        room past the catalog's, so each costs at most a few row steps per new string; sooner
-        when new strings are overflowing, as one may free room for them."""
-        room = self.limit - (self.fixed or 0)
-        return self.added >= max(room // 4, self.kept, 1) or \
-            self.refused >= max(room // 64, 1)
+    def vacant(self) -> int:
+        """Codes a new string may take: free ones, and those never taken below the limit."""
+        return len(self.free) + max(self.limit - len(self.strings), 0)
 
-    def compact(self, codes: np.ndarray) -> np.ndarray:
-        """Keep the catalog's strings and those `codes` hold (every code in use: the resident
-        profiles' string slots, NaN for none; overwritten), renumbered in their order after
-        the catalog's, which keep theirs; `codes` in the new numbering (NaN stays NaN). The
-        OVERFLOW code is kept only if some slot holds it."""
+    def due(self) -> bool:
+        """Whether to compact now; asked once between rounds, it takes the new strings since
+        its last call as a round's. Due when fewer codes are vacant than a round may want
+        (the last round's new strings, at least room/64, at most room/4: a round's strings
+        overflow if the table is full, as only a compaction between rounds frees codes), and,
+        after a pass that left little room, once `_wait` more new strings came: room/16, or
+        twice the last wait (up to room/4) after a pass that freed fewer codes than half the
+        new strings since the one before it. A table its live strings fill would otherwise be
+        scanned every few rounds for the few that died since."""
+        room = self._room()
+        fresh, self._counted = self.added - self._counted, self.added
+        self._headroom = min(max(fresh, room // 64, 1), max(room // 4, 1))
+        return self.vacant() < self._headroom and self.added - self._compacted >= self._wait
+
+    def compact(self, held: np.ndarray) -> int:
+        """Free the codes past the catalog's that no holder has, for `intern` to give out
+        again; how many. `held`: every code in use (the resident profiles' string slots),
+        those below the catalog's end or NaN ignored. Codes in use keep their strings; the
+        OVERFLOW code is never freed. All that may fail (memory) is built before the table
+        changes, and the change allocates nothing: a pass that raises leaves the table as
+        it was (and backs off as one that freed nothing)."""
         if self.fixed is None:
             raise ValueError("a string table is sealed before it is compacted")
-        nan = len(self.strings)  # where a NaN points: kept by nobody, NaN again
-        np.copyto(codes, nan, where=np.isnan(codes))  # in place: a fifth of np.where's time
-        index = codes.astype(np.intp)
-        used = np.zeros(nan + 1, bool)
-        used[index] = True  # a scatter, not a sort of the residents' codes
+        room = self._room()
+        interval = max(room // 16, 1)
+        came, self._compacted = self.added - self._compacted, self.added
+        # as after a pass that freed nothing, should this one fail before it frees any
+        self._wait = min(max(2 * self._wait, interval), max(room // 4, 1))
+        used = np.zeros(len(self.strings), bool)
+        held = held[held >= self.fixed]  # NaN compares false
+        used[held.astype(np.intp)] = True  # a scatter, not a sort of the residents' codes
         used[:self.fixed] = True
-        used[nan] = False
-        kept = np.flatnonzero(used)
-        renumbered = np.full(nan + 1, np.nan)
-        renumbered[kept] = np.arange(len(kept), dtype=np.float64)
-        old, overflow = self.strings, self.overflow
-        self.strings = [old[k] for k in kept.tolist()]
-        self.overflow = int(renumbered[overflow]) if overflow >= 0 and used[overflow] else -1
-        self.codes = {text: code for code, text in enumerate(self.strings)
-                      if code != self.overflow}
-        self.kept = len(self.strings) - self.fixed
-        self.added = self.refused = 0
-        return renumbered[index]
+        used[np.array(self.free, np.intp)] = True
+        if self.overflow >= 0:
+            used[self.overflow] = True
+        dead = np.flatnonzero(~used).tolist()
+        free = self.free + dead
+        codes, strings = self.codes, self.strings
+        for code in dead:  # deleting a key and storing None allocate nothing
+            del codes[strings[code]]
+            strings[code] = None
+        self.free = free
+        if self.vacant() - self._headroom >= interval:
+            self._wait = 0  # room for many rounds: the next pass is due when it is used up
+        elif 2 * len(dead) >= came:
+            self._wait = interval  # it frees codes about as fast as new strings come
+        return len(dead)
+
+    def _room(self) -> int:
+        return self.limit - (self.fixed or 0)

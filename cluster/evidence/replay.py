@@ -145,6 +145,10 @@ class Replayer:
 
     def replay(self, record: DecisionRecord) -> Replayed:
         logged, selection, accept, value = rewards(record)
+        # between records: the strings of the profiles replaced since the last compaction are
+        # held by no row now, and a log's free text would otherwise fill the table (`<other>`)
+        if self.compiled.strings.due():
+            self.engine.compact_strings()
         try:
             block = unpack(record.profile)
             import_block(self.engine, {**block, "ids": [REPLAY_CUSTOMER]})

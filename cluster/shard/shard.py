@@ -176,13 +176,21 @@ class Shard:
     def _keep_strings(self) -> None:
         """Between rounds, where no encoded event or request holds a string code: compact
         the engine's string table when it is due (core/strings.py), so that free text costs
-        room only while a resident profile holds it; tally the strings that overflowed all
-        the same (the live ones did not fit), and say once which fields hold the most."""
+        room only while a resident profile holds it, timed (string_compaction_s); tally the
+        strings that overflowed all the same (the live ones did not fit), and say once which
+        fields hold the most. A compaction that fails (memory) leaves the table as it was:
+        the round it follows is journaled and answered, so it is logged, not raised."""
         engine = self.engine
         strings = engine.compiled.strings
         if strings.due():
-            engine.compact_strings()
-            self.counts["string_compactions"] += 1
+            start = time.perf_counter()
+            try:
+                engine.compact_strings()
+                self.counts["string_compactions"] += 1
+            except Exception:
+                log.exception("%s: the string table's compaction failed; it is as it was, "
+                              "and tried again later", self.name)
+            self.counts["string_compaction_s"] += time.perf_counter() - start
         overflowed = strings.overflowed()
         if not overflowed:
             return
@@ -194,7 +202,7 @@ class Shard:
                         "reached its limit of %d strings (%d held now). The fields with the "
                         "most distinct values among its residents: %s", self.name,
                         overflowed, strings.OVERFLOW_TEXT, strings.limit,
-                        len(strings.strings), fields)
+                        len(strings.codes), fields)
 
     def _sealed(self, pushes: list[Push], touched: dict[str, float]) -> list[Push]:
         """The pushes with their decisions sealed (and logged) once each, whatever the

@@ -14,6 +14,7 @@ from kairos.v1 import decision_pb2 as pb
 from kairos.v1.decision_pb2_grpc import DecisionServiceStub
 
 from kairos.cluster.metrics import ShardMetrics
+from kairos.cluster.protocol import OK, EventAck
 from kairos.cluster.shard.shard import Shard
 from tests.support.inprocess_gateway import serving
 from tests.unit.core.test_string_compaction import free_text_catalog
@@ -105,6 +106,79 @@ def test_live_strings_past_the_limit_overflow_counted_and_said_once(caplog):
     metrics = recorded(ShardMetrics("s0"))  # as the actor flushes the shard's tallies
     metrics.flush(s.counts.copy(), Tally(), Tally(), 0, 0, 0, 0.0, 0)
     assert metrics.strings_overflowed.calls == [(70, {"shard": "s0"})]
+
+
+def test_new_strings_take_dead_strings_codes_before_any_overflows():
+    """The review's R1: once the residents' strings took more than half the room, the table
+    filled with one customer's dead strings before a compaction was due, and the next new
+    strings, anyone's, were stored as <other> for good. Now a compaction comes before a round
+    may find the table full, and its new strings take the dead strings' codes: every
+    resident reads its own text after."""
+    s = limited(1000)
+    s.process([home(f"r{i}", f"addr-{i}") for i in range(600)])  # 600 live, distinct
+    for r in range(4):  # one customer's 400 updates: 399 of them dead at once
+        s.process([home("attacker", f"junk-{r}-{i}", T0 + r) for i in range(100)])
+    s.process([home("victim", "store-0042", T0 + 10)])
+    assert store_of(s, "victim", T0 + 20) == "store-0042"  # before: "<other>", for good
+    for r in range(20):  # and so on: the attacker's dead strings are freed as they come
+        s.process([home("attacker", f"more-{r}-{i}", T0 + 30 + r) for i in range(100)])
+    assert not s.counts["strings_overflowed"]
+    assert [store_of(s, f"r{i}", T0 + 60) for i in range(600)] == \
+        [f"addr-{i}" for i in range(600)]  # no resident reads a code given out again
+    assert store_of(s, "attacker", T0 + 60) == "more-19-99"
+    strings = s.engine.compiled.strings
+    assert len(strings.strings) <= strings.limit  # 2,400 strings came in a room of 1,000
+    stats = s.stats()
+    assert stats["string_compactions"] >= 2 and stats["string_compaction_s"] > 0
+    metrics = recorded(ShardMetrics("s0"))  # as the actor flushes the shard's tallies
+    metrics.flush(s.counts.copy(), Tally(), Tally(), 0, 0, 0, 0.0, 0)
+    assert metrics.string_compaction_s.calls == [(stats["string_compaction_s"],
+                                                  {"shard": "s0"})]
+
+
+def test_a_table_its_live_strings_fill_is_not_scanned_every_few_rounds():
+    """The review's R2: with more live strings than room (each resident a distinct text),
+    every room/64 refused strings made a pass over every resident that freed next to
+    nothing: 9 in 20 rounds of 10 new strings. A pass that leaves little room makes the next
+    wait for room/16 new strings, then twice as many each time, up to room/4."""
+    s = limited(640)
+    s.process([home(f"r{i}", f"addr-{i}") for i in range(700)])  # 700 live > room 640
+    before = s.counts["string_compactions"]
+    for r in range(20):
+        s.process([home(f"r{r}", f"new-{r}-{i}", T0 + 1 + r) for i in range(10)])
+    assert s.counts["string_compactions"] - before <= 2  # before: 9
+    # the strings that died are freed all the same, a pass at least every room/4 new strings
+    for r in range(20, 60):
+        s.process([home(f"r{r}", f"new-{r}-{i}", T0 + 1 + r) for i in range(10)])
+    assert s.counts["string_compactions"] - before <= 2 + 3
+    strings = s.engine.compiled.strings
+    assert not [r for r in range(40) if f"addr-{r}" in strings.codes]
+    assert [store_of(s, f"r{i}", T0 + 70) for i in range(60, 640)] == \
+        [f"addr-{i}" for i in range(60, 640)]
+
+
+def test_a_compaction_that_fails_leaves_the_table_and_the_rounds_answers(caplog):
+    """A compaction runs after the round is journaled: one that raises (here a resident's
+    slot holding a code the table never gave, as corrupt memory would) is logged, the
+    round's answers stand, and the table is as it was, its strings still read."""
+    s = limited(100)
+    s.process([home(f"c{i}", f"store-{i}") for i in range(10)])
+    engine = s.engine
+    engine.table.values[engine.table.index["c9"], engine.compiled.layout.slot["home_store"]] \
+        = 1e9
+    strings = engine.compiled.strings
+    before = (dict(strings.codes), list(strings.strings))
+    with caplog.at_level(logging.ERROR, "kairos.shard"):
+        replies, _ = s.process([home("flood", f"junk-{i}", T0 + 1) for i in range(95)])
+    # before: the round raised IndexError, its events journaled but answered UNAVAILABLE
+    assert all(isinstance(r, EventAck) and r.status == OK for r in replies)
+    held = len(before[1])  # the round's 90 strings then, and 5 overflowed: none freed
+    assert strings.strings == before[1] + [f"junk-{i}" for i in range(90)] + ["<other>"]
+    assert strings.codes == {**before[0], **{f"junk-{i}": held + i for i in range(90)}}
+    assert strings.free == []
+    assert [r for r in caplog.records if "compaction failed" in r.getMessage()]
+    assert [store_of(s, f"c{i}", T0 + 2) for i in range(9)] == [f"store-{i}" for i in range(9)]
+    assert not s.counts["string_compactions"] and s.counts["string_compaction_s"] > 0
 
 
 KEYS = """keys:
