@@ -147,6 +147,10 @@ def event_request(event: pb.Event, catalog: CompiledCatalog, where: str = ""
             raise
         # prefixed here, once it failed: a batch's every event named its fields before
         raise InputError(where + exc.field, exc.reason) from None
+    except Denied as exc:  # which of a batch's 10,000 events the key may not send
+        if not where:
+            raise
+        raise Denied(exc.authenticated, f"{where.rstrip('.')}: {exc}") from None
 
 
 def _event_request(event: pb.Event, catalog: CompiledCatalog) -> tuple[Who, protocol.Event]:

@@ -97,7 +97,8 @@ def test_a_channel_key_changes_neither_consent_it_may_not_send_nor_fires_timer_e
 @pytest.mark.parametrize("case, event, key, code, details", [
     ("bound", profile_updated("m-{rpc}-bound", "app", email_opt_in=False), APP,
      grpc.StatusCode.PERMISSION_DENIED,
-     f"key 'app' is for channel 'app', which may not send profile_updated events ({CHANNELS})"),
+     f"{{of}}key 'app' is for channel 'app', which may not send profile_updated events "
+     f"({CHANNELS})"),
     ("unbound", profile_updated("m-{rpc}-unbound", "email", tier="none"), CRM,
      grpc.StatusCode.INVALID_ARGUMENT,
      f"{{at}}channel: profile_updated events are not sent on channel 'email' ({CHANNELS})"),
@@ -114,7 +115,8 @@ def test_each_ingest_rpc_refuses_what_the_caller_may_not_send(stub, rpc, case, e
     refused.CopyFrom(event)
     refused.customer_id = customer
     at = "" if rpc == "Ingest" else "events[0]."  # a stream's or a batch's event is named
-    assert sent(stub, rpc, refused, key) == (code, details.format(at=at))
+    of = "" if rpc == "Ingest" else "events[0]: "  # and the one its key may not send
+    assert sent(stub, rpc, refused, key) == (code, details.format(at=at, of=of))
     assert unchanged(stub, customer, before)
 
 
