@@ -1,7 +1,8 @@
 """Controller's take-up of a saved cluster (`resume`): the state saved.py reads, the shards
-that answer kept, the others created again (no denser than they were placed: takeup.py) and
-started all at once. A part of Controller (controller.py), which holds the map, the placement,
-the lock this runs under, `_create_shard`, `_start_shard`, `_publish` and `_catch_up`."""
+that serve kept (told this controller's token), the others created again (no denser than
+they were placed: takeup.py) and started all at once. A part of Controller (controller.py),
+which holds the map, the placement, the lock this runs under, `_create_shard`,
+`_start_shard`, `_publish` and `_catch_up`."""
 from __future__ import annotations
 
 import asyncio
@@ -76,7 +77,8 @@ class Resuming:
             await self.backend.kill_shard(name)
             await asyncio.to_thread(self.store.drop_journal, name)
         self.starting = set()
-        serving, starting, missing = [], [], []
+        serving, starting, missing, told = [], [], [], []
+        owner = self.store_claim.owner
         for name in [n for n in names if n in self.map.owners or n in kept]:
             try:
                 health = await self.backend.shard(name).health()
@@ -88,6 +90,8 @@ class Resuming:
                 self.replacing.pop(name, None)  # it recovered what it replaced
                 if health.get("catalog_version") != self.catalog_version:
                     self.lagging.catalog.add(name)  # the switch was interrupted
+                if health.get("owner", owner) != owner:  # an earlier controller's token
+                    told.append(name)
                 serving.append(name)
                 continue
             if health is None:
@@ -102,7 +106,10 @@ class Resuming:
                             state.get("density"), state.get("nodes_run"), self.store_claim)
         for name in missing:  # one at a time: a shard created is placed by the ones before
             await self._create_shard(name)
-        served = asyncio.gather(*(self.endpoints.serve(name, self.nodes.spec,
+        # kept serving, each checks this controller's claim from its next rebuild on: the
+        # claim of the one it was started by is gone for good (its rebuild would be refused)
+        served = asyncio.gather(*(self.backend.shard(name).set_owner(owner) for name in told),
+                                *(self.endpoints.serve(name, self.nodes.spec,
                                                        self.placement[name])
                                   for name in serving), return_exceptions=True)
         unreleased, failed = await self._start_all(starting)

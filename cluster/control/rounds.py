@@ -22,8 +22,9 @@ none of the others.
    waits on a target of its own, replaced in its turn, or its start fails). A shard down
    because its node reaches another store by the cluster's URL (host.py) is logged, at once
    and every UNCLAIMED_LOG_S while it stays so (it tries again on its own); one down because
-   it checks the claim of a controller before this one (a `kairos up` kept it serving, and
-   it rebuilt since) is started again, with this one's.
+   it checks the claim of a controller before this one (a `kairos up` took it up while it
+   rebuilt, or could not tell it its token: resuming.py) is started again, with this one's,
+   and not logged as one on another store.
 4. A learner that runs another catalog text than the controller's, or was not told it (Ray
    restarted it, a resume could not tell it), is told the running one.
 5. Drains a crash (or a shard that did not answer) cut short are finished: after step 3, as a
@@ -87,9 +88,10 @@ def _disowned(health: dict[str, Any]) -> bool:
 def _unclaimed_by(health: dict[str, Any], owner: str) -> bool:
     """Whether a shard's health says it is down because the store does not hold the claim of
     the owner it checks, and that owner is not `owner`: another controller created or last
-    started it (a `kairos up` that took up shards that served, and kept them), so the claim
-    it looks for is gone for good."""
-    return not health.get("started") and health.get("owner") != owner and \
+    started it (a `kairos up` that took up a shard rebuilding, or one it could not tell its
+    token: resuming.py), so the claim it looks for is gone for good. A health that names no
+    owner (a shard of an older release) is not: started again, it would be so every round."""
+    return not health.get("started") and health.get("owner", owner) != owner and \
         bool((health.get("recovery") or {}).get("unclaimed"))
 
 
@@ -279,9 +281,12 @@ class ControlLoop:
     def _say_unclaimed(self) -> None:
         """Log each shard down because the store its node reaches by the cluster's URL is not
         this one's (its health: host.py, ownership.py `check_claimed`), at once and then every
-        UNCLAIMED_LOG_S while it stays down: operators read this log, not every shard's."""
+        UNCLAIMED_LOG_S while it stays down: operators read this log, not every shard's. Not
+        one that checks an earlier controller's claim (`_unclaimed_by`): its refusal names
+        this cluster's own controller as another cluster's, and this round starts it again."""
         down = {n: h for n, h in self._healths.items()
-                if not h.get("started") and (h.get("recovery") or {}).get("unclaimed")}
+                if not h.get("started") and (h.get("recovery") or {}).get("unclaimed")
+                and not _unclaimed_by(h, self.store_claim.owner)}
         self._unclaimed = {n: self._unclaimed.get(n) or ThrottledWarning(log, UNCLAIMED_LOG_S)
                            for n in down}
         for name, health in down.items():

@@ -58,7 +58,8 @@ class ShardActor:
         """`owner`: the token of the cluster whose controller creates it, whose claim the
         store must hold where this shard opens it (host.py); Ray passes it again at a
         restart, as the other arguments, and each start the token of the controller that
-        starts it (a later `kairos up` takes this actor up with a token of its own)."""
+        starts it (a later `kairos up` takes this actor up with a token of its own, or keeps
+        it serving and tells it its token: `set_owner`)."""
         self.name = name
         pauses.track()
         self.incarnation = uuid.uuid4().hex  # changes when Ray restarts the actor
@@ -301,6 +302,14 @@ class ShardActor:
         except TimeoutError:
             raise Unavailable(f"{self.name}: reading the decision log took over "
                               f"{timeout_s:g} s") from None
+
+    @ray.method(concurrency_group="admin")
+    async def set_owner(self, owner: str) -> None:
+        """Check the claim of `owner` from the next build on, this one kept serving as it is:
+        a controller with a token of its own (a `kairos up`) takes this shard up serving
+        (resuming.py), and the token it was started with is gone for good. (The admin group:
+        answered while the data path is busy; a build reads the token as it begins.)"""
+        self.host.owner = owner
 
     @ray.method(concurrency_group="admin")
     async def health(self) -> dict[str, Any]:

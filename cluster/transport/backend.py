@@ -102,6 +102,10 @@ class ShardControl(Protocol):
         where the shard opens it, from this start on (ownership.py `check_claimed`): a shard
         another controller created (Ray's restart passes that one's) checks this one's."""
 
+    async def set_owner(self, owner: str) -> None:
+        """Check the claim of `owner` (the token of a controller that takes the shard up
+        serving: resuming.py) from the shard's next build on, serving on meanwhile."""
+
     async def serve_api(self, host: str, port: int = 0, keys_file: str | None = None,
                         keys_env: str | None = None,
                         tls_files: tuple[str, str, str | None] | None = None,

@@ -277,6 +277,9 @@ class RayShard(_Actor):
                                                          channel_watches, map_version,
                                                          sources, owner=owner), SHARD_START_S)
 
+    async def set_owner(self, owner: str) -> None:
+        await self._call(lambda a: a.set_owner.remote(owner))
+
     async def health(self) -> dict[str, Any]:
         return await self._call(lambda a: a.health.remote())
 

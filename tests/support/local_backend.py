@@ -153,6 +153,10 @@ class LocalShard:
         self._backend.shards[self.name] = shard
         return self.incarnation
 
+    async def set_owner(self, owner: str) -> None:
+        """As ShardControl's; nothing checks it here (`start`)."""
+        await self._shard()
+
     async def serve_api(self, host: str, port: int = 0, keys_file: str | None = None,
                         keys_env: str | None = None,
                         tls_files: tuple[str, str, str | None] | None = None,

@@ -7,18 +7,22 @@ actor."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import stat
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from kairos.core.compiler import compiled_from_text
+import ray
 
 from kairos.cluster.control.controller import Controller
+from kairos.cluster.shard.actor import ShardActor
 from kairos.cluster.shard.host import ShardHost
+from kairos.cluster.shard.modelsync import ModelSync
 from kairos.cluster.shard.recovering import Failures, StoreAt
 from kairos.cluster.storage.store import StoreNotClaimed, StoreUnavailable
 
@@ -29,26 +33,39 @@ from .test_same_name import EVERY
 from .test_shard import N_PARTITIONS
 
 RETRIED = "recovering from the store failed"
+Actor = ShardActor.__ray_metadata__.modified_class
 
 
 class HostShard:
-    """The ShardControl calls the control loop makes of a shard, over its ShardHost, as
-    ShardActor answers them (start, health)."""
+    """A ShardActor's own start, set_owner and health (the methods of the class Ray wraps,
+    run here without Ray) over its ShardHost, on the node the backend placed it: the
+    ShardControl calls the control loop and a resume make of a shard, as RayShard makes them
+    of the actor."""
+
+    start = Actor.start
+    set_owner = Actor.set_owner
+    _health = Actor.health
 
     def __init__(self, host: ShardHost, node: str):
         self.name, self.host, self.node = host.name, host, node
-
-    async def start(self, catalog_text: str, partitions: list[int], channel_watches: list,
-                    map_version: int, sources: dict[int, str] | None = None, *,
-                    owner: str) -> str:
-        await self.host.start(compiled_from_text(catalog_text),
-                              {p: map_version for p in partitions},
-                              [tuple(w) for w in channel_watches], sources, owner)
-        return self.host.incarnation
+        self.incarnation = host.incarnation
+        self.models = ModelSync(host.name)
+        self._snapshot = {"shard": host.name, "started": False}
 
     async def health(self) -> dict[str, Any]:
-        return {"started": self.host.shard is not None, "incarnation": self.host.incarnation,
-                "node": self.node, "recovery": self.host.recovery, "owner": self.host.owner}
+        with _on_node(self.node):
+            return await self._health()
+
+
+@contextlib.contextmanager
+def _on_node(node: str):
+    """Ray's runtime context as the actor's process on `node` reads it (for `health`)."""
+    real = ray.get_runtime_context
+    ray.get_runtime_context = lambda: SimpleNamespace(get_node_id=lambda: node)
+    try:
+        yield
+    finally:
+        ray.get_runtime_context = real
 
 
 class Nodes(LocalBackend):
@@ -145,11 +162,42 @@ def test_a_shard_started_by_another_controller_checks_that_ones_claim(tmp_path):
     asyncio.run(main())
 
 
-def test_a_shard_kept_serving_by_another_controller_is_started_again_once_refused(tmp_path):
-    """A `kairos up` with a new token takes up a shard that serves, and keeps it as it is
-    (resuming.py): it still checks the token of the controller that started it. Its next
-    rebuild is refused (that claim is gone for good), and the next round starts it again,
-    with the running controller's token."""
+def test_a_shard_a_resume_keeps_serving_checks_the_new_controllers_claim(tmp_path):
+    """A `kairos up` with a new token takes up a shard that serves, and keeps it serving
+    (resuming.py): it tells it its token, so the shard's next rebuild checks the running
+    controller's claim and serves, with no round (the token it was started with is gone for
+    good: refused, it stayed down until a round started it again)."""
+    url = str(tmp_path / "shared")
+    backend = Nodes()
+
+    async def main():
+        a = Controller(backend, n_partitions=N_PARTITIONS, store_url=url, owner="a")
+        await a.start(1)
+        name, = a.shards
+        host = backend.hosts[name].host
+        assert host.shard is not None and host.owner == "a", host.recovery
+        await a.store_claim.release()  # a stopped; b takes the cluster up
+        b = Controller(backend, n_partitions=N_PARTITIONS, store_url=url, owner="b")
+        await b.start(1)
+        assert b.shards == [name] and b.incarnations[name] == host.incarnation  # kept
+        assert host.owner == "b"
+        host._fail(StoreUnavailable("the disk went away a moment"))
+        await until(lambda: host.shard is not None or host.recovery.get("unclaimed"), 10.0,
+                    f"{name} rebuilt")
+        assert host.shard is not None, host.recovery
+        host.stop()
+        host.shard.close()
+        await b.store_claim.release()
+    asyncio.run(main())
+
+
+def test_a_shard_that_checks_an_earlier_controllers_claim_is_started_again_once_refused(
+        tmp_path, caplog):
+    """A shard that still checks the token of an earlier controller (a resume took it up as
+    it rebuilt, or could not tell it: resuming.py) is refused at its next rebuild, since that
+    claim is gone for good: the next round starts it again, with the running controller's
+    token, and does not log it as a shard on a store held by another cluster (its refusal
+    names this cluster's own controller so)."""
     url = str(tmp_path / "shared")
     backend = Nodes()
 
@@ -164,12 +212,53 @@ def test_a_shard_kept_serving_by_another_controller_is_started_again_once_refuse
         b.placement, b.incarnations = dict(a.placement), dict(a.incarnations)  # as resume
         host._fail(StoreUnavailable("the disk went away a moment"))
         await until(lambda: host.recovery.get("unclaimed"), 10.0, f"{name} refused")
-        await b._restart_shards()
-        assert host.shard is not None, host.recovery
-        assert host.owner == "b"
+        try:
+            with caplog.at_level(logging.WARNING, "kairos.controller"):
+                await b._restart_shards()
+            assert host.shard is not None, host.recovery
+            assert host.owner == "b"
+            host.shard.close()
+        finally:  # else the host's loops outlive the test's event loop
+            host.stop()
+            await b.store_claim.release()
+        return name
+    name = asyncio.run(main())
+    said = [r.getMessage() for r in caplog.records if r.name == "kairos.controller"]
+    assert said == [f"{name} checks the claim of a controller before this one; it "
+                    f"recovers its partitions from the store ({url})"], said
+
+
+class OlderShard(HostShard):
+    """A shard of a release whose health names no owner."""
+
+    async def health(self) -> dict[str, Any]:
+        health = await super().health()
+        del health["owner"]
+        return health
+
+
+def test_a_shard_whose_health_names_no_owner_is_not_started_again_as_an_earlier_ones(
+        tmp_path, caplog):
+    """Refused on a store its node reaches by the URL, a shard whose health names no owner
+    is logged as such by the rounds, and left to retry on its own: read as checking another
+    controller's claim, every round started it again."""
+    backend = Nodes({"node-b": str(tmp_path / "local")})
+
+    async def main():
+        controller = await claimed(backend, str(tmp_path / "shared"), "ours")
+        name = await controller._create_shard(node="node-b")
+        backend.hosts[name] = OlderShard(backend.hosts[name].host, "node-b")
+        await controller._start_shard(name)
+        host = backend.hosts[name].host
+        assert host.recovery.get("unclaimed"), host.recovery
+        with caplog.at_level(logging.WARNING, "kairos.controller"):
+            for _ in range(3):
+                await controller._restart_shards()
+        said = [r.getMessage() for r in caplog.records if r.name == "kairos.controller"]
+        assert len(said) == 1 and said[0].startswith(f"{name} on node node-b serves "
+                                                     f"nothing: StoreNotClaimed"), said
         host.stop()
-        host.shard.close()
-        await b.store_claim.release()
+        await controller.store_claim.release()
     asyncio.run(main())
 
 
