@@ -67,7 +67,7 @@ from kairos.cluster.shard.shard import Shard
 from kairos.cluster.shard.syncs import Syncs
 from kairos.cluster.shard.watches import Push
 from kairos.cluster.storage.ownership import check_claimed
-from kairos.cluster.storage.store import Store, StoreUnavailable
+from kairos.cluster.storage.store import StoreUnavailable
 
 log = logging.getLogger("kairos.shard")
 # a shard's decision log reads at once (threads: each reads a page of a long log)
@@ -84,7 +84,7 @@ Job = Callable[[], Awaitable[None]]
 
 class ShardHost:
     def __init__(self, name: str, n_partitions: int, seed: int,
-                 open_store: Callable[[], Store], journal_policy: str = "fsync", *,
+                 open_store: recovering.StoreAt, journal_policy: str = "fsync", *,
                  deliver: Callable[[str, list], None] = lambda sink, decisions: None,
                  observe: Callable[[Iterable[str], float], None] = lambda kinds, ms: None,
                  settle: Callable[[], None] = lambda: None, jobs: Sequence[Job] = (),
@@ -92,16 +92,17 @@ class ShardHost:
                  round_bytes: int = SHARD_ROUND_BYTES, session_start_s: float = SESSION_START_S,
                  tick_s: float = TICK_S, incarnation: str | None = None,
                  owner: str | None = None):
-        """`open_store` opens the store each (re)built Shard uses; `deliver(sink, decisions)`
+        """`open_store` opens the store each (re)built Shard uses, and reads the claim on it
+        (without an owner, any callable that returns a Store will do); `deliver(sink, decisions)`
         sends pushes; `observe(kinds, latency_ms)` is told each answered batch's request
         kinds and time in the shard; `settle` runs after a Shard is (re)built (the actor
         tidies the heap: pauses.py); `jobs` run in the background, with the host's own, once
         it has started, each restarted after a failure. `incarnation`: this process's, which
         owns the shard's journal from each start on (store.py, "Owners"). `owner`: the token
         of the cluster whose controller created it (each start may name the one that starts
-        it), whose claim the store must hold at each start and rebuild, read before the store
-        is built (`open_store` then a recovering.StoreAt; ownership.py `check_claimed`); None
-        checks nothing (a host with no controller: tests)."""
+        it, or `owner` set since: ShardActor.set_owner), whose claim the store must hold at
+        each start and rebuild, read before the store is built (ownership.py
+        `check_claimed`); None checks nothing (a host with no controller: tests)."""
         self.name = name
         self.incarnation = incarnation or uuid.uuid4().hex
         self.n_partitions = n_partitions

@@ -7,10 +7,7 @@ reads the claim on it (ownership.py `check_claimed`) before building it."""
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 from typing import Any, NamedTuple, Sequence
-from urllib.parse import urlparse
 
 from kairos.core.compiler import CompiledCatalog
 
@@ -18,7 +15,7 @@ from kairos.cluster.shard.handoff import Moving
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage import directory_claim
 from kairos.cluster.storage.ownership import UNCLAIMED_LOG_S
-from kairos.cluster.storage.providers import open_store
+from kairos.cluster.storage.providers import directory_of, open_store
 from kairos.cluster.storage.store import (JournalDisowned, Store, StoreNotClaimed,
                                           StoreUnavailable)
 from kairos.cluster.throttled import ThrottledWarning
@@ -79,29 +76,25 @@ class StoreAt:
     without building a store where building one writes: DirectoryStore makes the directory
     and its folders, tightens their modes and deletes stale temporary files, so a directory's
     claim is read by its path (a directory missing holds none), and a shard that refuses the
-    directory leaves it as it found it. Building a Redis store writes nothing."""
+    directory leaves it as it found it. Building a Redis store writes nothing: each check
+    builds one (connecting anew: a node that reached another server by the name may reach
+    the right one now), and the next call returns it, so a build opens the store once."""
 
     def __init__(self, url: str):
         self.url = url
         self.shared = url != "memory"  # open_store's memory is this process's own
-        self._directory = _directory_of(url)
+        self._directory = directory_of(url)
+        self._read: Store | None = None  # built to read the claim, not handed out yet
 
     def __call__(self) -> Store:
-        return open_store(self.url)
+        store, self._read = self._read, None
+        return store or open_store(self.url)
 
     def claimed_by(self) -> tuple[str, str] | None:
-        if self._directory is None:
-            return self().claimed_by()
-        return directory_claim.claimed_by(self._directory)
-
-
-def _directory_of(url: str) -> Path | None:
-    """The directory `open_store` opens for `url` (a path, or file:///path), else None."""
-    if url.startswith("file://"):
-        url = urlparse(url).path
-    elif url == "memory" or "://" in url:
-        return None
-    return Path(os.path.expanduser(url))
+        if self._directory is not None:
+            return directory_claim.claimed_by(self._directory)
+        self._read = open_store(self.url)
+        return self._read.claimed_by()
 
 
 class Failures:

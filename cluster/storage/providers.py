@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from urllib.parse import quote, unquote, unquote_plus, urlparse
 
 from kairos.cluster.secret_files import SecretFileError, check_secret_file
@@ -19,7 +20,7 @@ from kairos.cluster.storage.store import Store, redact
 
 log = logging.getLogger("kairos.store")
 
-__all__ = ["open_store", "redact", "split_password", "with_password_file",
+__all__ = ["open_store", "directory_of", "redact", "split_password", "with_password_file",
            "STORE_PASSWORD_FILE_ENV", "REDIS_SCHEMES"]
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -32,12 +33,22 @@ def open_store(url: str) -> Store:
         return MemoryStore()
     if url.startswith(REDIS_SCHEMES):
         return RedisStore(with_password_file(url))
-    if url.startswith("file://"):
-        url = urlparse(url).path
-    if "://" in url:
+    directory = directory_of(url)
+    if directory is None:
         raise ValueError(f"unknown store {redact(url)!r}: use 'memory', a directory, or "
                          f"redis://host:port/db")
-    return DirectoryStore(os.path.expanduser(url))
+    return DirectoryStore(directory)
+
+
+def directory_of(url: str) -> Path | None:
+    """The directory `open_store` opens for `url` (a path, or file:///path), else None (memory,
+    Redis, a scheme unknown). A shard reads a directory's claim by it before it builds the
+    store (shard/recovering.py `StoreAt`)."""
+    if url.startswith("file://"):
+        url = urlparse(url).path
+    if url == "memory" or "://" in url:
+        return None
+    return Path(os.path.expanduser(url))
 
 
 def split_password(url: str) -> tuple[str, str]:
