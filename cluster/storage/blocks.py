@@ -115,7 +115,6 @@ def import_block(engine: DecisionEngine, block: dict[str, Any],
     return ids
 
 
-
 def _localize(values: np.ndarray, slots: list[int], c: CompiledCatalog) -> list[str]:
     """Turn the string slots' codes of the engine's table into codes into the block's own
     string list (one for every string slot), in place; that list. One customer's few codes
