@@ -344,13 +344,14 @@ class Durability:
 
     def _read_snapshot(self, partition: int, blob: bytes) -> tuple[dict[str, Any], bool]:
         """A stored snapshot, and whether a checksum vouched for it; SnapshotCorrupt (logged
-        with the way out) when it is damaged."""
+        with the way out) when it is damaged, in its journal's name or LSN too (read past here)."""
         what = f"the snapshot of partition {partition} in {redact(self._ctx.store.url)}"
         try:
             payload, checked = unseal(blob, what)
             snap = blocks.unpack(payload)
-            if not isinstance(snap, dict) or snap.get("partition", partition) != partition:
-                raise SnapshotCorrupt(f"{what}: it is not this partition's snapshot")
+            if not isinstance(snap, dict) or snap.get("partition", partition) != partition or \
+                    (type(snap.get("journal")), type(snap.get("lsn"))) != (str, int):
+                raise SnapshotCorrupt(f"{what}: it is not this partition's snapshot of a journal")
             blocks.validate(snap["block"], shard=True)
             snap["sleepers"] = checked_sleepers(snap.get("sleepers", {}))
             snap["unseen"] = checked_unseen(snap.get("unseen", {}))  # none in older ones
@@ -358,9 +359,8 @@ class Durability:
         except (SnapshotCorrupt, blocks.BlockCorrupt, ValueError, KeyError, TypeError) as exc:
             error = exc if isinstance(exc, SnapshotCorrupt) else SnapshotCorrupt(
                 f"{what}: {type(exc).__name__}: {exc}")
-            log.error("%s: %s; this shard serves nothing until it is removed (its partition "
-                      "then recovers from the journal and the customers' homes)",
-                      self._ctx.name, error)
+            log.error("%s: %s; this shard serves nothing until it is removed (its partition then "
+                      "recovers from the journal and the customers' homes)", self._ctx.name, error)
             raise error from exc
 
     def _check_newest(self, partition: int, snap: dict[str, Any]) -> None:

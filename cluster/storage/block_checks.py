@@ -48,8 +48,12 @@ def validate(block: Any, shard: bool = False) -> dict[str, np.ndarray]:
     decision log's."""
     if not isinstance(block, dict):
         raise BlockCorrupt(f"a customer block is a map, not {type(block).__name__}")
-    if block.get("format") != FORMAT:
-        raise BlockCorrupt(f"customer block format {block.get('format')} is not {FORMAT}")
+    # an int, and the journal a name, before either is compared: an array compared with ==
+    # is no truth value (a ValueError out of the load, once it had written the rows)
+    if type(block.get("format")) is not int or block["format"] != FORMAT:
+        raise BlockCorrupt(f"customer block format {block.get('format')!r} is not {FORMAT}")
+    if block.get("journal") is not None and type(block["journal"]) is not str:
+        raise _corrupt(f"a journal of type {type(block['journal']).__name__}, not a name")
     try:
         n, slots = len(block["ids"]), len(block["slots"])
         values = np.asarray(block["values"])
@@ -167,9 +171,10 @@ def _key_records(value: bytes) -> bool:
 
 
 def _keys(value: list) -> bool:
-    """a list of [key, sequence, when]"""
+    """a list of [key, sequence 0..2**64-1, when]"""
+    # keys.py packs the sequence as a uint64 (struct.error past it, after the load)
     return all(isinstance(k, (list, tuple)) and len(k) == 3 and type(k[0]) is str and
-               _number(k[1]) and _number(k[2]) for k in value)
+               type(k[1]) is int and 0 <= k[1] < 2**64 and _number(k[2]) for k in value)
 
 
 def _flag(value: bool) -> bool:

@@ -56,8 +56,28 @@ def unused_outcome_past_int8(home: dict) -> None:
     home["ring_outcome"] = np.full(home["ring_outcome"].shape, 1000).tolist()
 
 
+def journal_array(home: dict) -> None:
+    """Compared with == by the load, after the customer was activated: no truth value."""
+    home["journal"] = np.arange(2)
+
+
+def format_array(home: dict) -> None:
+    home["format"] = np.arange(2)
+
+
+def key_sequence_negative(home: dict) -> None:
+    """A legacy idempotency key keys.py packs as a uint64: struct.error after the load, the
+    customer resident without its keys or watches."""
+    home["extras"][0]["keys"] = [["k", -1, T0]]
+
+
+def key_sequence_past_uint64(home: dict) -> None:
+    home["extras"][0]["keys"] = [["k", 1.5e20, T0]]
+
+
 @pytest.mark.parametrize("damage", [nan_head, text_values, unknown_outcome, time_past_int32,
-                                    unused_outcome_past_int8])
+                                    unused_outcome_past_int8, journal_array, format_array,
+                                    key_sequence_negative, key_sequence_past_uint64])
 @pytest.mark.parametrize("sealed", [True, False])
 def test_a_home_of_other_types_is_damaged_and_the_round_goes_on(compiled, tmp_path, damage,
                                                                  sealed):
@@ -92,8 +112,21 @@ def test_a_nan_ring_head_in_a_home_is_refused_and_does_not_crash_the_shard():
     assert done.stdout.split() == ["unavailable", "unavailable", "ok"]
 
 
-def test_a_snapshot_whose_ring_times_are_past_int32_is_corrupt(compiled, tmp_path):
-    """Its load raised OverflowError out of recovery, not SnapshotCorrupt."""
+SNAPSHOT_DAMAGES = {  # each raised OverflowError or ValueError out of recovery before
+    "ring times past int32": (lambda snap: time_past_int32(snap["block"]),
+                              "ring_time values outside"),
+    "the block's journal an array": (lambda snap: journal_array(snap["block"]),
+                                     "a journal of type ndarray"),
+    "the block's format an array": (lambda snap: format_array(snap["block"]), "format"),
+    "its journal an array": (lambda snap: journal_array(snap), "snapshot of a journal"),
+    "its LSN an array": (lambda snap: snap.__setitem__("lsn", np.arange(2)),
+                         "snapshot of a journal")}
+
+
+@pytest.mark.parametrize("damage", list(SNAPSHOT_DAMAGES))
+def test_a_snapshot_of_other_types_is_corrupt(compiled, tmp_path, damage):
+    """SnapshotCorrupt, what recovery raises for a damaged snapshot, and no customer of it
+    left resident."""
     clock = Clock()
     s = shard(compiled, store=DirectoryStore(tmp_path), clock=clock)
     s.recover()
@@ -101,7 +134,10 @@ def test_a_snapshot_whose_ring_times_are_past_int32_is_corrupt(compiled, tmp_pat
     p = p_of("ana")
     s.durability.snapshot([p])
     snap = blocks.unpack(unseal(s.store.get_snapshot(p), "snapshot")[0])
-    time_past_int32(snap["block"])
+    change, refusal = SNAPSHOT_DAMAGES[damage]
+    change(snap)
     s.store.put_snapshots({p: seal(blocks.pack(snap))})
-    with pytest.raises(SnapshotCorrupt, match="ring_time values outside"):
-        shard(compiled, store=DirectoryStore(tmp_path), clock=clock).recover()
+    recovering = shard(compiled, store=DirectoryStore(tmp_path), clock=clock)
+    with pytest.raises(SnapshotCorrupt, match=refusal):
+        recovering.recover()
+    assert "ana" not in recovering.engine.table

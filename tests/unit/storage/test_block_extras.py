@@ -18,7 +18,8 @@ from tests.unit.storage.test_blocks import exported
 
 SOUND = {"timers": {"cart_abandoned": T0}, "watches": [["sink-1", "push", None, "ana"]],
          "shown": [["push", None, ["cart_recovery_push"]]], "aliases": ["k"], "links": ["l"],
-         "key_records": bytes(RECORD.size), "keys": [["key", 1, T0]], "home": True,
+         "key_records": bytes(RECORD.size), "home": True,
+         "keys": [["key", 0, T0], ["another", 2**64 - 1, T0]],  # keys.py's uint64, both ends
          "a key of a later version": {"anything": 1}}
 MALFORMED = [5, [], {"watches": []}, {"timers": {}},
              {**SOUND, "timers": 5}, {**SOUND, "timers": {"t": math.nan}},
@@ -27,6 +28,9 @@ MALFORMED = [5, [], {"watches": []}, {"timers": {}},
              {**SOUND, "aliases": [1]}, {**SOUND, "links": None},
              {**SOUND, "key_records": bytes(RECORD.size - 1)},
              {**SOUND, "key_records": None}, {**SOUND, "keys": [["key", 1]]},
+             # a sequence keys.py cannot pack (struct.error, after the load)
+             {**SOUND, "keys": [["key", -1, T0]]}, {**SOUND, "keys": [["key", 2**64, T0]]},
+             {**SOUND, "keys": [["key", 1.5e20, T0]]},
              {**SOUND, "home": 1}]
 
 

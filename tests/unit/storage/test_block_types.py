@@ -96,22 +96,22 @@ def test_integers_of_another_width_still_load(compiled):
 
 RING = (2, default_compiled().history_size)  # the `compiled` fixture's, two customers
 ODD = [None, "x", 3.5, -1, [], [[1], [2, 3]], {"a": 1}, np.array([np.nan]),
-       np.array([["x"]]), b"\x00",
+       np.array([["x"]]), b"\x00", np.arange(2), np.array([]),  # no truth value compared
        # lists of Python ints past the table's types (int64 or uint64 arrays to the checks)
        [2**63, 0], [-2**63, 0], [2**31, 0], np.full(RING, 2**40).tolist(),
        np.full(RING, 1000).tolist(), np.full(RING, -129).tolist()]
 
 
 @pytest.mark.parametrize("key", ["ids", "slots", "values", "strings", "string_columns",
-                                 "actions", "channels", "meanings", "extras",
-                                 *INTEGERS])
+                                 "actions", "channels", "meanings", "extras", "format",
+                                 "journal", *INTEGERS])
 def test_whatever_a_part_holds_validate_raises_block_corrupt_or_it_loads(compiled, key):
     for odd in ODD:
         block = with_history(compiled)
-        block[key] = odd
+        journal, block[key] = block["journal"], odd  # the load compares the journal's
         target = shard(compiled, "t")
         try:
-            loaded = blocks.import_block(target.engine, block, shard=True)
+            loaded = blocks.import_block(target.engine, block, journal, shard=True)
         except blocks.BlockCorrupt:
             loaded = []
         t = target.engine.table
