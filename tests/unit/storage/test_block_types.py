@@ -151,37 +151,70 @@ def _as_lists(block: dict) -> dict:
     return blocks.unpack(blocks.pack({**block, **{n: block[n].tolist() for n in INTEGERS}}))
 
 
-PAST = {  # a value just past the table's type of each column, where the checks read it
-    "ring_time": ((0, 0), 2**31), "ring_outcome": ((1, 3), 128),  # an unused entry
-    "ring_action": ((0, 0), 2**15), "ring_channel": ((0, 0), 128),
-    "applied": ((0,), 2**63), "lsn": ((1,), 2**63)}
+AT = {  # where each column's value is set: where the checks read it
+    "ring_time": (0, 0), "ring_outcome": (1, 3),  # an unused entry
+    "ring_action": (0, 0), "ring_channel": (0, 0), "applied": (0,), "lsn": (1,)}
+WIDE = ("applied", "lsn")  # int64 columns: only an unsigned array is wider, none lower
+CODES = ("ring_action", "ring_channel")
 
 
-@pytest.mark.parametrize("path", ["copied", "mapped", "rebuilt"])
-@pytest.mark.parametrize("name", list(PAST))
-@pytest.mark.parametrize("as_list", [True, False])
-def test_an_integer_past_the_tables_type_is_corrupt_and_loads_nothing(compiled, path, name,
-                                                                      as_list):
-    """A list of Python ints raised OverflowError at the write (the rebuilt path's TypeError
-    first), a wider array wrapped silently; either way the block is corrupt."""
-    block = _on_path(with_history(compiled), path)
-    at, value = PAST[name]
+def _with_value(block: dict, name: str, value: int, as_list: bool) -> dict:
+    """The block with `value` in `name`'s column at AT, as a list of Python ints or as an array
+    wider than the table's type; codes as high as the lists are long, so that only the table's
+    type can refuse them (wrapped, a value outside it is a code the lists hold)."""
     column = np.array(block[name], object)
-    column[at] = value
+    column[AT[name]] = value
     block[name] = column.tolist()
-    # codes as high as the lists are long: only the table's type refuses them
     block["actions"] += [f"a{i}" for i in range(2**15 + 1 - len(block["actions"]))] \
         if name == "ring_action" else []
     block["channels"] += [f"c{i}" for i in range(129)] if name == "ring_channel" else []
-    wide = name in ("applied", "lsn")  # int64 columns: only an unsigned array is wider
     if not as_list:
-        block[name] = np.array(block[name], np.uint64 if wide else np.int64)
+        block[name] = np.array(block[name], np.uint64 if name in WIDE else np.int64)
+    return blocks.unpack(blocks.pack(block))
+
+
+RANGES = {name: np.iinfo(kind) for name, kind in block_checks.TABLE_TYPES.items()}
+OUTSIDE = [(name, RANGES[name].max + 1) for name in AT] + \
+    [(name, RANGES[name].min - 1) for name in AT if name not in WIDE]
+
+
+@pytest.mark.parametrize("path", ["copied", "mapped", "rebuilt"])
+@pytest.mark.parametrize("name, value", OUTSIDE, ids=[f"{n}={v}" for n, v in OUTSIDE])
+@pytest.mark.parametrize("as_list", [True, False])
+def test_an_integer_past_the_tables_type_is_corrupt_and_loads_nothing(compiled, path, name,
+                                                                      value, as_list):
+    """A list of Python ints raised OverflowError at the write (the rebuilt path's TypeError
+    first), a wider array wrapped silently; either way the block is corrupt, above the type's
+    range or below it."""
+    wide = name in WIDE
+    block = _with_value(_on_path(with_history(compiled), path), name, value, as_list)
     target = shard(compiled, "t")
     # NumPy reads a list of 2**63 and 0 as float64, refused as no integers
     refusal = f"{name} of type float64" if wide and as_list else f"{name} values outside"
     with pytest.raises(blocks.BlockCorrupt, match=refusal):
-        blocks.import_block(target.engine, blocks.unpack(blocks.pack(block)), shard=True)
+        blocks.import_block(target.engine, block, shard=True)
     assert len(target.engine.table) == 0
+
+
+@pytest.mark.parametrize("path", ["copied", "mapped", "rebuilt"])
+@pytest.mark.parametrize("name", list(AT))
+@pytest.mark.parametrize("as_list", [True, False])
+def test_each_columns_largest_and_smallest_values_load(compiled, path, name, as_list):
+    """The range is the type's own, both ends included: a column's max and min load, and are
+    written as they are where the block's codes are the catalog's (the code columns' are not:
+    their lists are longer than the catalog's, and such an entry is dropped); the LSN kept, as
+    the block names the journal."""
+    # a code column's low end is its codes' (test_blocks), and a uint64 array (the one wider
+    # than an int64 column) holds no negative value
+    lows = [] if name in CODES or (name in WIDE and not as_list) else [RANGES[name].min]
+    for value in (RANGES[name].max, *lows):
+        block = _with_value(_on_path(with_history(compiled), path), name, value, as_list)
+        target = shard(compiled, "t")
+        assert blocks.import_block(target.engine, block, block["journal"], shard=True) == \
+            ["ana", "bob"], value
+        if path == "copied" and name not in CODES:
+            row = target.engine.table.index[block["ids"][AT[name][0]]]
+            assert getattr(target.engine.table, name)[row][AT[name][1:]] == value
 
 
 @pytest.mark.parametrize("path", ["copied", "mapped", "rebuilt"])
