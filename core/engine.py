@@ -634,9 +634,11 @@ class DecisionEngine:
         else outside the profile rows holds one across rounds (the decision memo's inputs
         are numbers and 0/1 indicators, a decision, its log record and its pushes hold ids
         and text, a passivated or moved customer's block carries its strings as text, a free
-        row holds the catalog's defaults)."""
+        row holds the catalog's defaults). The gather, the pass's largest allocation, runs
+        inside StringTable.compact, once its back-off is set: one that runs out of memory is
+        not tried again every round."""
         t = self.table  # every row ever taken: a free one holds the catalog's defaults
-        return self.compiled.strings.compact(t.values[:t.used, self._string_slots])
+        return self.compiled.strings.compact(lambda: t.values[:t.used, self._string_slots])
 
     def distinct_strings(self, top: int = 3) -> list[tuple[str, int]]:
         """The string slots whose values differ the most across the resident profiles, and

@@ -11,7 +11,20 @@ moves, so a compaction writes no profile row and remaps no holder.
 """
 from __future__ import annotations
 
+import logging
+import time
+from collections import deque
+from typing import Callable
+
 import numpy as np
+
+log = logging.getLogger("kairos.strings")
+
+# A pass is not due again before SPACING times its own length has gone by since it ended: the
+# passes of a table short of room take at most about a tenth of the shard's time
+SPACING = 10.0
+# Rounds whose new strings make a round's headroom: a burst after quiet rounds is reckoned
+HEADROOM_ROUNDS = 4
 
 
 class StringTable:
@@ -30,20 +43,25 @@ class StringTable:
 
     OVERFLOW_TEXT = "<other>"
 
-    def __init__(self, limit: int = 1_000_000) -> None:
+    def __init__(self, limit: int = 1_000_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.codes: dict[str, int] = {}
         self.strings: list[str | None] = []  # by code; None: a free code
         self.free: list[int] = []  # codes `compact` freed, which `intern` gives out again
         self.limit = limit
+        self.clock = clock  # times the passes, for their spacing (tests give their own)
         self.overflow = -1
         # the catalog's strings, whose codes are never freed: None until `seal` (an engine
         # seals the table it is given; a copy keeps what its original's catalog was)
         self.fixed: int | None = None
         self.added = 0  # new strings ever asked for, overflowed ones too
         self._counted = 0  # `added` when `due` last looked: the strings of a round since
+        self._rounds: deque[int] = deque(maxlen=HEADROOM_ROUNDS)  # the last rounds' strings
         self._headroom = 0  # the room the next round may want, as `due` last reckoned it
         self._compacted = 0  # `added` at the last compaction
         self._wait = 0  # new strings the next compaction waits for: its back-off
+        self._not_before = -float("inf")  # `clock` time before which no pass is due
+        self._spilled = False  # whether a string overflowed since the last compaction
         self._unreported = 0  # overflowed strings `overflowed` has not told of yet
 
     def intern(self, text: str) -> int:
@@ -63,6 +81,7 @@ class StringTable:
 
     def _overflow(self) -> int:
         self._unreported += 1
+        self._spilled = True
         if self.overflow < 0:
             self.overflow = len(self.strings)
             self.strings.append(self.OVERFLOW_TEXT)
@@ -72,7 +91,7 @@ class StringTable:
         return self.strings[int(code)]
 
     def copy(self) -> "StringTable":
-        twin = StringTable(self.limit)
+        twin = StringTable(self.limit, self.clock)
         twin.codes, twin.strings, twin.free = dict(self.codes), list(self.strings), \
             list(self.free)
         twin.overflow, twin.fixed = self.overflow, self.fixed
@@ -95,52 +114,86 @@ class StringTable:
         return len(self.free) + max(self.limit - len(self.strings), 0)
 
     def due(self) -> bool:
-        """Whether to compact now; asked once between rounds, it takes the new strings since
-        its last call as a round's. Due when fewer codes are vacant than a round may want
-        (the last round's new strings, at least room/64, at most room/4: a round's strings
-        overflow if the table is full, as only a compaction between rounds frees codes), and,
-        after a pass that left little room, once `_wait` more new strings came: room/16, or
-        twice the last wait (up to room/4) after a pass that freed fewer codes than half the
-        new strings since the one before it. A table its live strings fill would otherwise be
-        scanned every few rounds for the few that died since."""
+        """Whether to compact now. Asked once between rounds, and only there: it takes the new
+        strings since its last call as a round's (so it changes the table's reckoning, not its
+        codes). Due when fewer codes are vacant than a round may want (the most new strings of
+        the last HEADROOM_ROUNDS rounds, at least room/64, at most room/4: a round's strings
+        overflow if the table is full, as only a compaction between rounds frees codes), once
+        SPACING times the last pass's length has gone by since it ended, and, after a pass
+        that freed fewer codes than half the new strings since the one before it, once
+        `_wait` more new strings came: room/16, then twice the last wait, up to room/4. A
+        table its live strings fill would otherwise be scanned every few rounds for the few
+        that died since; one whose passes free as many strings as come is compacted whenever
+        it runs short, as often as the spacing lets."""
         room = self._room()
         fresh, self._counted = self.added - self._counted, self.added
-        self._headroom = min(max(fresh, room // 64, 1), max(room // 4, 1))
-        return self.vacant() < self._headroom and self.added - self._compacted >= self._wait
+        self._rounds.append(fresh)
+        self._headroom = min(max(max(self._rounds), room // 64, 1), max(room // 4, 1))
+        return self.vacant() < self._headroom and self.added - self._compacted >= self._wait \
+            and self.clock() >= self._not_before
 
-    def compact(self, held: np.ndarray) -> int:
+    def compact(self, held: np.ndarray | Callable[[], np.ndarray]) -> int:
         """Free the codes past the catalog's that no holder has, for `intern` to give out
         again; how many. `held`: every code in use (the resident profiles' string slots),
-        those below the catalog's end or NaN ignored. Codes in use keep their strings; the
-        OVERFLOW code is never freed. All that may fail (memory) is built before the table
-        changes, and the change allocates nothing: a pass that raises leaves the table as
-        it was (and backs off as one that freed nothing)."""
+        those below the catalog's end or NaN ignored, or what gathers them (called after the
+        back-off is set, so that a gather that fails backs off too). Codes in use keep their
+        strings; the OVERFLOW code is never freed. All that may fail (memory) is built
+        before the table changes, and the change allocates nothing: a pass that raises
+        leaves the table as it was (and backs off as one that freed nothing)."""
         if self.fixed is None:
             raise ValueError("a string table is sealed before it is compacted")
+        start = self.clock()
         room = self._room()
         interval = max(room // 16, 1)
         came, self._compacted = self.added - self._compacted, self.added
+        spilled, self._spilled = self._spilled, False
         # as after a pass that freed nothing, should this one fail before it frees any
         self._wait = min(max(2 * self._wait, interval), max(room // 4, 1))
+        try:
+            freed = self._free_dead(held() if callable(held) else held)
+        finally:
+            end = self.clock()
+            self._not_before = end + SPACING * (end - start)
+        vacant, low = self.vacant(), max(room // 64, 1)
+        if freed and 2 * freed >= came or vacant - self._headroom >= interval:
+            # it frees codes about as fast as new strings come, or left room for many
+            # rounds: the next pass is due when the table runs short, spaced in time only
+            self._wait = 0
+        elif not spilled:  # little freed, but no string overflowed since the last pass: not
+            # a table its live strings fill (a bulk of new live strings came, say), so the
+            # next pass comes before the room it left is used up, not after
+            self._wait = min(self._wait, max(vacant - low, 0))
+        return freed
+
+    def _free_dead(self, held: np.ndarray) -> int:
         used = np.zeros(len(self.strings), bool)
         held = held[held >= self.fixed]  # NaN compares false
         used[held.astype(np.intp)] = True  # a scatter, not a sort of the residents' codes
+        free = np.array(self.free, np.intp)
+        if used[free].any():  # a bug: a holder the last pass was not given, or a stray code
+            self._keep_held(free[used[free]])
         used[:self.fixed] = True
-        used[np.array(self.free, np.intp)] = True
+        used[free] = True
         if self.overflow >= 0:
             used[self.overflow] = True
         dead = np.flatnonzero(~used).tolist()
         free = self.free + dead
         codes, strings = self.codes, self.strings
         for code in dead:  # deleting a key and storing None allocate nothing
-            del codes[strings[code]]
+            codes.pop(strings[code], None)  # None: a code `_keep_held` took off the list
             strings[code] = None
         self.free = free
-        if self.vacant() - self._headroom >= interval:
-            self._wait = 0  # room for many rounds: the next pass is due when it is used up
-        elif 2 * len(dead) >= came:
-            self._wait = interval  # it frees codes about as fast as new strings come
         return len(dead)
+
+    def _keep_held(self, held_free: np.ndarray) -> None:
+        """Take codes a profile holds off the free list, loudly: `intern` would give them to
+        new strings, and their holders would read another text. They read None (their string
+        was dropped when the code was freed) until a pass finds them dead."""
+        log.error("string codes on the free list are held by resident profiles (%d: %s); "
+                  "they are taken off it. A holder of codes was not given to a compaction",
+                  len(held_free), held_free[:5].tolist())
+        taken = set(held_free.tolist())
+        self.free = [code for code in self.free if code not in taken]
 
     def _room(self) -> int:
         return self.limit - (self.fixed or 0)

@@ -25,7 +25,7 @@ failed after it was done here is undone (B releases p, A thaws it), and A fires 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from kairos.cluster.identity import Directory
 from kairos.cluster.shard.context import ShardContext
@@ -109,12 +109,15 @@ class Handoff:
             "sleepers": {p: self._residency.sleepers(p) for p in partitions},
             "watches": self._watches.unseen(partitions), "gone": list(self._watches.gone)})
 
-    def adopt(self, payload: bytes, version: int) -> int:
+    def adopt(self, payload: bytes, version: int, make_room: Callable[[int], None]) -> int:
         """Take over partitions handed over by `freeze` in map `version`; the number of
-        customers received (in memory, and with their homes when the store is not shared)."""
+        customers received (in memory, and with their homes when the store is not shared).
+        `make_room(n)` compacts the string table if fewer than n codes are vacant: the
+        block's strings are interned as it loads, outside any round, where no pass is due."""
         data = blocks.unpack(payload)
         self._ownership.check_unfenced(data["partitions"], version, "adopt")
         unseen = checked_unseen(data.get("watches", {}))  # before anything is taken in
+        make_room(len(data["block"]["strings"]))
         received = set(self._residency.load(data["block"]))
         passivated = data["passivated"]
         self._ctx.store.put_many((int(p), customer_id, blob) for p, homes in passivated.items()

@@ -173,16 +173,18 @@ class Shard:
         self._keep_strings()
         return replies, pushes
 
-    def _keep_strings(self) -> None:
+    def _keep_strings(self, wanted: int | None = None) -> None:
         """Between rounds, where no encoded event or request holds a string code: compact
-        the engine's string table when it is due (core/strings.py), so that free text costs
-        room only while a resident profile holds it, timed (string_compaction_s); tally the
-        strings that overflowed all the same (the live ones did not fit), and say once which
-        fields hold the most. A compaction that fails (memory) leaves the table as it was:
-        the round it follows is journaled and answered, so it is logged, not raised."""
+        the engine's string table when it is due (core/strings.py), or, `wanted` given (a
+        handoff's block about to be taken in), when fewer codes are vacant than that, so that
+        free text costs room only while a resident profile holds it, timed
+        (string_compaction_s); tally the strings that overflowed all the same (the live ones
+        did not fit), and say once which fields hold the most. A compaction that fails
+        (memory) leaves the table as it was, and so does the count of fields for the warning:
+        the round it follows is journaled and answered, so they are logged, not raised."""
         engine = self.engine
         strings = engine.compiled.strings
-        if strings.due():
+        if strings.due() if wanted is None else strings.vacant() < wanted:
             start = time.perf_counter()
             try:
                 engine.compact_strings()
@@ -197,7 +199,10 @@ class Shard:
         self.counts["strings_overflowed"] += overflowed
         if not self._told_overflow:  # once: a shard past its limit would say it every round
             self._told_overflow = True
-            fields = ", ".join(f"{name} ({n:,})" for name, n in engine.distinct_strings())
+            try:
+                fields = ", ".join(f"{name} ({n:,})" for name, n in engine.distinct_strings())
+            except MemoryError:  # a column's unique values: the warning goes out without them
+                fields = "not counted (out of memory)"
             log.warning("%s: %d new strings read back as %r, not as sent: the string table "
                         "reached its limit of %d strings (%d held now). The fields with the "
                         "most distinct values among its residents: %s", self.name,
@@ -312,7 +317,8 @@ class Shard:
         return self.handoff.export(partitions, version, unsent)
 
     def adopt(self, payload: bytes, version: int) -> int:
-        return self.handoff.adopt(payload, version)
+        # its block's strings are interned outside any round: room for them is made first
+        return self.handoff.adopt(payload, version, make_room=self._keep_strings)
 
     def release(self, partitions: Sequence[int], version: int) -> None:
         self.handoff.release(partitions, version)

@@ -4,15 +4,19 @@ strings nobody holds, which new strings take; neither changes a profile a person
 rule's result. On both kernels."""
 from __future__ import annotations
 
+import logging
 import random
 import subprocess
 import sys
+from typing import Callable
 
+import numpy as np
 import pytest
 
 from kairos.core.catalog import default_catalog_text
 from kairos.core.compiler import CompiledCatalog, compiled_from_text
 from kairos.core.engine import DecisionEngine
+from kairos.core.strings import StringTable
 
 T0 = 1_800_000_000.0
 STAGES = ("ELIGIBILITY", "APPLICABILITY", "SUITABILITY")
@@ -216,3 +220,115 @@ def test_rules_give_the_same_results_after_compaction(engine):
     # the table's first flood, stores and visits, and one code more: 499 were given out again
     assert len(strings.strings) == strings.fixed + 500 + 7 + 40 + 1
     assert {(c, s): stage_drops(engine, c, s) for c in customers for s in stores} == before
+
+
+class Ticks:
+    """A table's clock the test moves: `spent` seconds pass as the pass gathers its codes."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def gather(self, held: np.ndarray, spent: float) -> Callable[[], np.ndarray]:
+        def gathered() -> np.ndarray:
+            self.now += spent
+            return held
+        return gathered
+
+
+def churned(room: int, residents: int, clock: Ticks) -> tuple[StringTable, np.ndarray]:
+    """A table of `room` past 3 catalog strings, and `residents` rows of distinct text."""
+    strings = StringTable(3 + room)
+    strings.clock = clock
+    for i in range(3):
+        strings.intern(f"catalog-{i}")
+    strings.seal()
+    return strings, np.array([strings.intern(f"text-{i}") for i in range(residents)],
+                             np.float64)
+
+
+def test_a_pass_is_not_due_again_before_ten_times_its_length():
+    """The review's spacing: however much a table is short of room, the next pass waits
+    SPACING times the last one's length after it ended."""
+    clock = Ticks()
+    strings, rows = churned(640, 600, clock)
+    strings.due()
+    strings.compact(clock.gather(rows, 2.0))  # ends at 2.0: none due before 22.0
+    for r in range(30):  # the room it left (40) less room/64: the count is met
+        rows[r] = strings.intern(f"new-{r}")
+    clock.now = 21.9
+    assert not strings.due()
+    clock.now = 22.0
+    assert strings.due()
+
+
+def test_live_strings_past_the_limit_under_churn_take_a_tenth_of_the_time_at_most():
+    """The review's R2 with churn: 700 residents' distinct strings in a room of 640, 8 of
+    them replaced a round. Each pass frees the strings the last ones replaced, as many as
+    came, so no count holds the next back: without the spacing, a pass every round (ff71546:
+    one every 5 rounds, then overflowing while room/16 new strings came). A round takes 1 s
+    on the table's clock, a pass 1 s, then 10 s without: a pass at most every 10 rounds."""
+    clock = Ticks()
+    strings, rows = churned(640, 700, clock)
+    rng = np.random.default_rng(1)
+    passes = 0
+    for r in range(220):
+        for w in rng.choice(700, 8, replace=False).tolist():
+            rows[w] = strings.intern(f"new-{r}-{w}")
+        clock.now += 1.0
+        if strings.due():
+            strings.compact(clock.gather(rows.copy(), 1.0))
+            passes += 1
+    assert 10 <= passes <= 22
+    held = rows[rows != strings.overflow].astype(int).tolist()
+    texts = [strings.strings[code] for code in held]
+    assert len(set(held)) == len(held) and all(t is not None for t in texts)
+
+
+def test_a_held_code_on_the_free_list_is_taken_off_it_loudly(caplog):
+    """A code on the free list that a holder has (a holder not given to the last pass): the
+    next pass logs it and takes it off the list, so `intern` gives it to no new string."""
+    strings, rows = churned(100, 10, Ticks())
+    strings.compact(rows[:5])  # rows 5..9 not given: their codes freed
+    stray = int(rows[9])
+    assert stray in strings.free
+    with caplog.at_level(logging.ERROR, "kairos.strings"):
+        strings.compact(rows)
+    assert stray not in strings.free
+    assert [r for r in caplog.records if "held by resident profiles" in r.getMessage()]
+    assert stray not in [strings.intern(f"new-{i}") for i in range(100)]
+
+
+GATHER_FAILS = """
+import resource
+from kairos.core.compiler import default_compiled
+from kairos.core.engine import DecisionEngine
+N = 300_000
+engine = DecisionEngine(default_compiled(), capacity=N)
+strings = engine.compiled.strings
+engine.activate(f"c{i}" for i in range(N))
+strings.limit = strings.fixed + 1000
+for i in range(1000):
+    strings.intern(f"dead-{i}")
+assert strings.due()
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+taken = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (taken + (8 << 20), hard))
+try:
+    engine.compact_strings()
+except MemoryError:
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    strings.intern("next-round")
+    print("due" if strings.due() else "backed-off")
+"""
+
+
+def test_a_gather_that_runs_out_of_memory_backs_off():
+    """The engine's gather of the residents' codes (21 MB here, the pass's largest
+    allocation) failed before the table's pass set its back-off: due() stayed true and every
+    round failed the same way. Now the gather runs inside the pass."""
+    done = subprocess.run([sys.executable, "-c", GATHER_FAILS], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.split() == ["backed-off"], done.stderr

@@ -7,6 +7,7 @@ down from 1,000,000."""
 from __future__ import annotations
 
 import logging
+import random
 from collections import Counter as Tally
 
 from kairos.core.compiler import CompiledCatalog, default_compiled
@@ -19,7 +20,8 @@ from kairos.cluster.shard.shard import Shard
 from tests.support.inprocess_gateway import serving
 from tests.unit.core.test_string_compaction import free_text_catalog
 from tests.unit.shard.test_metrics import recorded
-from tests.unit.shard.test_shard import T0, Clock, event, profile, shard
+from tests.unit.shard.test_shard import N_PARTITIONS, T0, Clock, event, p_of, profile, \
+    shard
 
 
 def limited(room: int, compiled: CompiledCatalog | None = None, **kw) -> Shard:
@@ -155,6 +157,68 @@ def test_a_table_its_live_strings_fill_is_not_scanned_every_few_rounds():
     assert not [r for r in range(40) if f"addr-{r}" in strings.codes]
     assert [store_of(s, f"r{i}", T0 + 70) for i in range(60, 640)] == \
         [f"addr-{i}" for i in range(60, 640)]
+
+
+def test_a_nearly_full_table_under_churn_frees_dead_strings_before_any_overflows():
+    """The review's N1 (of ff71546): live strings at 95% of the room, residents replacing
+    their text 8 a round. A pass that freed little (the first, after the residents' own
+    strings came) made the next wait for room/16 new strings, more than the 32 codes it left
+    vacant: 23 new strings were stored as <other> while the strings they replaced waited,
+    dead. Now such a pass, no string having overflowed, waits only for the room it left
+    (less room/64), and a pass that frees as many as come waits for nothing but the table
+    running short. The table's clock stands still: only the counts space the passes."""
+    s = limited(640)
+    s.engine.compiled.strings.clock = Clock()
+    residents = 608
+    s.process([home(f"r{i}", f"addr-{i}") for i in range(residents)])
+    rng, last = random.Random(3), [f"addr-{i}" for i in range(residents)]
+    for r in range(200):
+        who = rng.sample(range(residents), 8)
+        s.process([home(f"r{w}", f"new-{r}-{w}", T0 + 1 + r) for w in who])
+        for w in who:
+            last[w] = f"new-{r}-{w}"
+    assert not s.counts["strings_overflowed"]  # before: 23, and 7 residents read <other>
+    assert [store_of(s, f"r{i}", T0 + 500) for i in range(residents)] == last
+
+
+def test_a_handoffs_block_gets_room_from_the_dead_strings_before_it_loads():
+    """The review's N2: a handoff's block is interned outside any round, where no pass is
+    due: a table with room for a round's strings but not the block's stored 140 of 200
+    arriving customers' text as <other> while 279 dead strings waited. Now the adopt
+    compacts first when fewer codes are vacant than the block carries."""
+    mine, theirs = list(range(32)), list(range(32, N_PARTITIONS))
+    b = limited(640, partitions=mine, name="b")
+    a = shard(default_compiled(), "a", partitions=theirs)
+    ids = [f"c{i}" for i in range(2000)]
+    residents = [c for c in ids if p_of(c) in mine][:300]
+    movers = [c for c in ids if p_of(c) in theirs][:200]
+    b.process([home(c, f"addr-{c}") for c in residents])
+    for r in range(28):  # one customer's 280 updates: 279 dead strings
+        b.process([home(residents[0], f"junk-{r}-{i}", T0 + r) for i in range(10)])
+    a.process([home(c, f"moved-{c}") for c in movers])
+    passes = b.counts["string_compactions"]
+    assert b.adopt(a.freeze(sorted({p_of(c) for c in movers}), version=2), 2) == len(movers)
+    assert b.counts["string_compactions"] == passes + 1 and not b.counts["strings_overflowed"]
+    assert [store_of(b, c, T0 + 100) for c in movers] == [f"moved-{c}" for c in movers]
+    assert [store_of(b, c, T0 + 100) for c in residents[1:]] == \
+        [f"addr-{c}" for c in residents[1:]]
+
+
+def test_the_first_overflows_warning_that_cannot_count_fields_leaves_the_round(caplog,
+                                                                                monkeypatch):
+    """The first overflow's warning counts each string field's distinct values (np.unique
+    over the residents): a MemoryError there escaped process() after the round was
+    journaled, answered UNAVAILABLE. Now the warning goes out without the fields."""
+    s = limited(10)
+
+    def out_of_memory(top: int = 3) -> list:
+        raise MemoryError
+    monkeypatch.setattr(s.engine, "distinct_strings", out_of_memory)
+    with caplog.at_level(logging.WARNING, "kairos.shard"):
+        replies, _ = s.process([home(f"c{i}", f"store-{i}") for i in range(20)])
+    assert all(isinstance(r, EventAck) and r.status == OK for r in replies)
+    assert s.counts["strings_overflowed"] == 10
+    assert [r for r in caplog.records if "not counted (out of memory)" in r.getMessage()]
 
 
 def test_a_compaction_that_fails_leaves_the_table_and_the_rounds_answers(caplog):
