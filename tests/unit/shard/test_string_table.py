@@ -26,10 +26,13 @@ from tests.unit.shard.test_shard import N_PARTITIONS, T0, Clock, event, p_of, pr
 
 def limited(room: int, compiled: CompiledCatalog | None = None, **kw) -> Shard:
     """A shard of its own catalog copy (its own string table), room for `room` strings past
-    the catalog's."""
+    the catalog's. The table's clock stands still: its passes are spaced by counts only
+    (a loaded machine's slow pass would hold the next back; test_string_compaction tests the
+    spacing on a clock it moves)."""
     s = shard(compiled or default_compiled(), **kw)
     strings = s.engine.compiled.strings
     strings.limit = len(strings.strings) + room  # the catalog's, as nothing came yet
+    strings.clock = Clock()
     return s
 
 
@@ -166,9 +169,8 @@ def test_a_nearly_full_table_under_churn_frees_dead_strings_before_any_overflows
     vacant: 23 new strings were stored as <other> while the strings they replaced waited,
     dead. Now such a pass, no string having overflowed, waits only for the room it left
     (less room/64), and a pass that frees as many as come waits for nothing but the table
-    running short. The table's clock stands still: only the counts space the passes."""
+    running short."""
     s = limited(640)
-    s.engine.compiled.strings.clock = Clock()
     residents = 608
     s.process([home(f"r{i}", f"addr-{i}") for i in range(residents)])
     rng, last = random.Random(3), [f"addr-{i}" for i in range(residents)]
