@@ -7,7 +7,7 @@ failure of one that ends a call of several tells the caller what the others may 
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Awaitable, NamedTuple
+from typing import AsyncIterator, Awaitable, Callable, NamedTuple
 
 from kairos.core.errors import InputError
 from kairos.v1 import decision_pb2 as pb
@@ -32,10 +32,12 @@ CHUNK = 256
 IDLE = (f"the stream sent no event for {INGEST_STREAM_IDLE_S:.0f} s (KAIROS_INGEST_STREAM_IDLE_S): "
         f"the gateway ended it; the events acked on it were applied, none after them: open a "
         f"new stream to send more")
-STALLED = (f"the caller read no ack for {INGEST_STREAM_STALL_S:.0f} s "
-           f"(KAIROS_INGEST_STREAM_STALL_S): the gateway ended the stream; the events acked on it "
+STALLED = (f"the caller read no ack for {INGEST_STREAM_STALL_S:.0f} s with its window of "
+           f"{STREAM_WINDOW} events unacked (KAIROS_INGEST_STREAM_STALL_S, "
+           f"KAIROS_STREAM_WINDOW): the gateway ended the stream; the events acked on it "
            f"were applied, and those sent after them may have been: send again from the first "
            f"one not acked, with the same idempotency keys")
+ENDING = "the status of a stalled IngestStream"  # its task's name
 ROUTED = ("; the customer's shard refused it once the call's events were routed: its other "
           "events may have been applied")
 
@@ -120,27 +122,32 @@ class Ingesting:
         it ran when the stream opened. A gateway serves at most INGEST_STREAMS of them (and
         of those, at most INGEST_STREAMS_PER_KEY of one key and _PER_HOST from one host: past
         any, RESOURCE_EXHAUSTED), and ends one whose caller sent no event for
-        INGEST_STREAM_IDLE_S (DEADLINE_EXCEEDED, once every event sent was acked), or read
-        no ack for INGEST_STREAM_STALL_S (RESOURCE_EXHAUSTED: an ack's write held by flow
-        control so long; the acks written before it reach the caller, then the status)."""
+        INGEST_STREAM_IDLE_S (DEADLINE_EXCEEDED, once every event sent was acked), or kept
+        its whole window unacked for INGEST_STREAM_STALL_S (RESOURCE_EXHAUSTED: its reader
+        paused with STREAM_WINDOW events waiting while an ack's write was held by flow
+        control, `_Stall`; the acks written before it reach the caller, then the status; its
+        place is freed once the status is out)."""
         try:
             callers = self.gateway.ingest_streams.admit(caller(), host_of(context.peer()))
         except Busy as exc:
             await abort(context, exc)
         pending: asyncio.Queue = asyncio.Queue(STREAM_WINDOW)
         call = Call()
-        reader = asyncio.ensure_future(self._read(request_iterator, context, pending, call))
-        loop, handler = asyncio.get_running_loop(), asyncio.current_task()
-        stall = WaitLimit(INGEST_STREAM_STALL_S, lambda: _end_stalled(context, handler))
+        handler = asyncio.current_task()
+        stall = _Stall(lambda: _end_stalled(context, handler))
+        reader = asyncio.ensure_future(
+            self._read(request_iterator, context, pending, call, stall))
         failure = None
         try:
             async with asyncio.timeout(None if context.time_remaining() is None else
                                        self.gateway.timeout(context)):
                 while (item := await pending.get()) is not None:
                     ack = await self._ack(item)
-                    stall.since = loop.time()  # until the caller's reads make room for it
+                    stall.writing = True  # until the caller's reads make room for it
+                    if stall.paused:
+                        stall.since = stall.now()
                     yield ack
-                    stall.since = None
+                    stall.writing, stall.since = False, None
         except Exception as exc:
             failure = exc
         finally:  # also when the caller went away
@@ -149,16 +156,21 @@ class Ingesting:
             while not pending.empty():
                 self._drop(pending.get_nowait())
             call.give_up()
-            self.gateway.ingest_streams.release(callers)
+            if stall.ending is None:
+                self.gateway.ingest_streams.release(callers)
+            else:  # its place is held until the status is out: read, or the caller gone
+                stall.ending.add_done_callback(
+                    lambda _: self.gateway.ingest_streams.release(callers))
         if failure is not None:
             await abort(context, _of_many(failure))
 
-    async def _read(self, request_iterator, context, pending: asyncio.Queue,
-                    call: Call) -> None:
+    async def _read(self, request_iterator, context, pending: asyncio.Queue, call: Call,
+                    stall: _Stall) -> None:
         """Route each event of a stream as it arrives, into `pending`; then None. An event
         that fails its checks (or a failure to read, or a wait for the next event past
         INGEST_STREAM_IDLE_S) goes in as the exception, which ends the stream in its turn,
-        after the events before it."""
+        after the events before it. While it waits for room in a full `pending` (the
+        caller's whole window unacked) with an ack's write held, `stall` runs."""
         n = 0
         last: asyncio.Future | None = None  # the `sent` of the last event routed by a task
         idle = IdleLimit(INGEST_STREAM_IDLE_S, IDLE)
@@ -179,7 +191,10 @@ class Ingesting:
                 if item.sent is not None:
                     last = item.sent
                 try:
-                    await pending.put(item)
+                    if pending.full():  # the caller's window, all of it unacked
+                        await stall.paused_on(pending.put(item))
+                    else:
+                        pending.put_nowait(item)
                 except asyncio.CancelledError:
                     self._drop(item)
                     raise
@@ -296,17 +311,53 @@ class Ingesting:
                                via=who.via(customers[who.alias_key])) for who, event in checked]
 
 
-def _end_stalled(context, handler: asyncio.Task) -> None:
+class _Stall(WaitLimit):
+    """A stream's stall clock (INGEST_STREAM_STALL_S): it runs while its caller is held back
+    by its own window, the reader waiting for room in a full `pending` (`paused`), and by flow
+    control, an ack's write held (`writing`). A caller with fewer than STREAM_WINDOW events
+    unacked is never cut, however slowly it reads: a write alone waits whenever the caller
+    reads less than its HTTP/2 window (~32 KB) in a stall time. At expiry `end()` ends the
+    stream; `ending` is then its status's task."""
+
+    def __init__(self, end: Callable[[], asyncio.Future]) -> None:
+        super().__init__(INGEST_STREAM_STALL_S, self._expire)
+        self._end = end
+        self.writing = self.paused = False
+        self.ending: asyncio.Future | None = None
+
+    def _expire(self) -> None:
+        self.ending = self._end()
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    async def paused_on(self, put: Awaitable[None]) -> None:
+        """The reader's wait for room (`put`), timed while an ack's write is held too."""
+        self.paused = True
+        if self.writing:
+            self.since = self.now()
+        try:
+            await put
+        finally:
+            self.paused, self.since = False, None
+
+
+def _end_stalled(context, handler: asyncio.Task) -> asyncio.Future:
     """End a stream whose caller stopped reading its acks, its `handler` (grpc's task) held
     at a write that flow control keeps waiting. The status (RESOURCE_EXHAUSTED, STALLED) is
     sent from a task of its own: it goes out behind the acks written, which the caller reads
     first (grpc 1.85, measured). Then the handler is cancelled, as the write may wait for as
     long as the caller keeps its connection (a cancel alone would send it no status): the
-    loop closes the stream's generator, whose `finally` frees its place, window and calls."""
-    ending = asyncio.ensure_future(abort(context, Busy(STALLED)))
+    loop closes the stream's generator, whose `finally` frees its window and calls at once,
+    and its place once the returned task is done: the status is out, read or its caller gone
+    (until then the call's HTTP/2 stream and grpc's tasks stay, ~385 KB: a key's streams so
+    ended count against INGEST_STREAMS_PER_KEY still, or their callers could pile them up)."""
+    ending = asyncio.get_running_loop().create_task(abort(context, Busy(STALLED)),
+                                                    name=ENDING)
     ending.add_done_callback(lambda done: done.cancelled() or done.exception())  # AbortError
     asyncio.get_running_loop().call_soon(handler.cancel)  # once the status is on its way:
     # the task's first step sends it, and the loop runs it first
+    return ending
 
 
 def check_event(event: pb.Event) -> None:

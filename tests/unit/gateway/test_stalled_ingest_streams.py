@@ -1,15 +1,18 @@
 """IngestStreams whose callers stop reading their acks (issue 18): an event counts in the
 gateway's calls in flight until its shard answers, not until its ack is read, so stalled
 streams hold their windows and not the gateway's limit; one whose acks go unread for
-INGEST_STREAM_STALL_S ends (RESOURCE_EXHAUSTED, after the acks written) and frees what it held;
-one read slowly but steadily goes on (real gRPC on 127.0.0.1, in-process backend).
+INGEST_STREAM_STALL_S with its whole window unacked ends (RESOURCE_EXHAUSTED, after the acks
+written) and frees its window and calls, and its place once its status is out; one read slowly
+but steadily, or with fewer than STREAM_WINDOW events unacked, goes on (real gRPC on 127.0.0.1,
+in-process backend).
 
 The callers' channels turn off BDP probing, so their receive window stays at gRPC's 64 KiB: a
-stream is held at its window after some 200 acks unread, not the megabytes a window grown by
-probing takes on loopback; and each has a connection of its own (channels alike share one, whose
-window a stalled stream would fill for all)."""
+stream's acks are held after some 200 unread, not the megabytes a window grown by probing takes
+on loopback; and each has a connection of its own, so that each stream's acks wait on that
+stream's window alone (channels with the same options would share one connection)."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from typing import Callable, Iterator
@@ -98,22 +101,35 @@ def _settled(count: Callable[[], int], least: int) -> Callable[[], bool]:
     return settled
 
 
+def _ending(gateway) -> int:
+    """The stalled streams whose status the gateway's loop is sending still."""
+    async def ending() -> int:
+        return sum(task.get_name() == ingesting.ENDING for task in asyncio.all_tasks())
+    return gateway.run(ending())
+
+
+def _tasks(gateway) -> int:
+    async def tasks() -> int:
+        return len(asyncio.all_tasks())
+    return gateway.run(tasks())
+
+
 def test_a_stream_whose_acks_go_unread_ends_and_frees_what_it_held(monkeypatch):
-    """Past INGEST_STREAM_STALL_S with its acks unread, a stream ends: its place and calls are
-    freed while its caller still reads nothing; reading, the caller gets every ack the gateway
-    wrote, in order, then RESOURCE_EXHAUSTED naming the setting; the events acked stay
-    applied (sent again with their keys: duplicates)."""
+    """Past INGEST_STREAM_STALL_S with its window unacked, a stream ends: its calls are freed
+    while its caller still reads nothing, its place once the caller reads its status; reading,
+    the caller gets every ack the gateway wrote, in order, then RESOURCE_EXHAUSTED naming the
+    setting; the events acked stay applied (sent again with their keys: duplicates)."""
     monkeypatch.setattr(ingesting, "INGEST_STREAM_STALL_S", 1.0)
     with serving() as (gateway, channel):
         with _unread(gateway.port, 1) as [stalled]:
-            wait_until(lambda: gateway.gateway.ingest_streams.open, 30, "the stream open")
-            wait_until(lambda: not gateway.gateway.ingest_streams.open, 30,
-                       "the stalled stream ended")  # main: held until its caller goes
+            wait_until(lambda: _ending(gateway), 30, "the stalled stream ended")
             wait_until(lambda: gateway.gateway.inflight == 0, 10, "its calls released")
+            assert gateway.gateway.ingest_streams.open == 1  # 9fed142: 0, its status unsent
             acks = []
             with pytest.raises(grpc.RpcError) as ended:
                 for ack in stalled:
                     acks.append(ack)
+            wait_until(lambda: not gateway.gateway.ingest_streams.open, 10, "its place freed")
         assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "KAIROS_INGEST_STREAM_STALL_S" in ended.value.details()
         assert "read no ack" in ended.value.details()
@@ -123,6 +139,48 @@ def test_a_stream_whose_acks_go_unread_ends_and_frees_what_it_held(monkeypatch):
         again = DecisionServiceStub(channel).IngestStream(
             iter([_event(0, 0), _event(0, len(acks) - 1)]), timeout=30)
         assert [ack.duplicate for ack in again] == [True, True]
+
+
+def test_streams_ended_stalled_hold_their_key_places_until_their_callers_leave(monkeypatch):
+    """A stalled stream ended keeps its call open (its HTTP/2 stream, grpc's tasks, the status
+    queued behind the held acks) until its caller reads or leaves: it keeps its place too, so
+    a key's callers cannot pile up more of them than INGEST_STREAMS_PER_KEY (9fed142 freed it
+    at the stall: 200 so ended held 400 tasks and 150 MB). Once they leave, all is freed."""
+    monkeypatch.setattr(ingesting, "INGEST_STREAM_STALL_S", 1.0)
+    monkeypatch.setattr(calls, "INGEST_STREAMS_PER_KEY", 3)
+    with serving(KEYS) as (gateway, channel):
+        sent = DecisionServiceStub(channel).IngestStream(iter([_event(8, 0)]), metadata=WEB)
+        assert [ack.duplicate for ack in sent] == [False]  # the client's lanes at work
+        before = _tasks(gateway)
+        with _unread(gateway.port, 3, WEB):
+            wait_until(lambda: _ending(gateway) == 3, 60, "the 3 stalled streams ended")
+            wait_until(lambda: gateway.gateway.inflight == 0, 10, "their calls released")
+            with pytest.raises(grpc.RpcError) as refused:
+                list(DecisionServiceStub(channel).IngestStream(
+                    iter([_event(9, 0)]), metadata=WEB, timeout=10))
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "KAIROS_INGEST_STREAMS_PER_KEY" in refused.value.details()
+        wait_until(lambda: not gateway.gateway.ingest_streams.open, 10, "their places freed")
+        wait_until(lambda: _tasks(gateway) <= before, 10, "their tasks gone")
+        assert [ack.duplicate for ack in DecisionServiceStub(channel).IngestStream(
+            iter([_event(9, 0)]), metadata=WEB, timeout=10)] == [False]
+
+
+def test_a_caller_within_its_window_is_not_cut_however_long_its_acks_go_unread(monkeypatch):
+    """Fewer than STREAM_WINDOW events unacked, a caller is never cut: its acks' writes wait
+    on flow control (some 200 fit its HTTP/2 window) for many times INGEST_STREAM_STALL_S, yet
+    the window it was given is not full; reading at last, it gets every ack, in order."""
+    monkeypatch.setattr(ingesting, "INGEST_STREAM_STALL_S", 1.0)
+    with serving() as (gateway, _):
+        [shard] = gateway.client.backend.shards.values()
+        count = ingesting.STREAM_WINDOW - 24
+        with grpc.insecure_channel(f"127.0.0.1:{gateway.port}", options=SMALL_WINDOW) as held:
+            acks = DecisionServiceStub(held).IngestStream(
+                (_event(0, n) for n in range(count)), timeout=60)
+            wait_until(lambda: len(shard.engine.table) == count, 30, "every event applied")
+            time.sleep(3.0)  # its acks' writes held three stall times (9fed142: cut)
+            got = [ack.event_id for ack in acks]
+        assert got == [_event(0, n).event_id for n in range(count)]
 
 
 def test_a_caller_reading_its_acks_slowly_but_steadily_is_not_cut(monkeypatch):
