@@ -255,13 +255,13 @@ class Open:
 
 
 class WaitLimit:
-    """Calls `expired()`, once (`expired` is then True), when a wait has lasted `limit_s`: from
+    """Calls `on_expiry()`, once (`expired` is then True), when a wait has lasted `limit_s`: from
     `since` (the loop's time its caller sets as the wait begins; None when done); a timer a
     period, not one per wait (an asyncio.timeout around each cost 4-10 µs, this 0.3-0.7 µs)."""
 
-    def __init__(self, limit_s: float, expired: Callable[[], object]) -> None:
+    def __init__(self, limit_s: float, on_expiry: Callable[[], object]) -> None:
         self._loop = asyncio.get_running_loop()
-        self._limit_s, self._on_expiry = limit_s, expired
+        self._limit_s, self._on_expiry = limit_s, on_expiry
         self.since: float | None = None
         self.expired = False
         self._timer = self._loop.call_later(limit_s, self._check)
