@@ -113,7 +113,7 @@ class StringTable:
         """Codes a new string may take: free ones, and those never taken below the limit."""
         return len(self.free) + max(self.limit - len(self.strings), 0)
 
-    def due(self) -> bool:
+    def due(self, spaced: bool = True) -> bool:
         """Whether to compact now. Asked once between rounds, and only there: it takes the new
         strings since its last call as a round's (so it changes the table's reckoning, not its
         codes). Due when fewer codes are vacant than a round may want (the most new strings of
@@ -124,13 +124,14 @@ class StringTable:
         `_wait` more new strings came: room/16, then twice the last wait, up to room/4. A
         table its live strings fill would otherwise be scanned every few rounds for the few
         that died since; one whose passes free as many strings as come is compacted whenever
-        it runs short, as often as the spacing lets."""
+        it runs short, as often as the spacing lets. Not `spaced` (a replay, which serves no
+        one and brings rounds faster than any spacing allows), the spacing is not waited for."""
         room = self._room()
         fresh, self._counted = self.added - self._counted, self.added
         self._rounds.append(fresh)
         self._headroom = min(max(max(self._rounds), room // 64, 1), max(room // 4, 1))
         return self.vacant() < self._headroom and self.added - self._compacted >= self._wait \
-            and self.clock() >= self._not_before
+            and (not spaced or self.clock() >= self._not_before)
 
     def compact(self, held: np.ndarray | Callable[[], np.ndarray]) -> int:
         """Free the codes past the catalog's that no holder has, for `intern` to give out

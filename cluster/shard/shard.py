@@ -173,10 +173,11 @@ class Shard:
         self._keep_strings()
         return replies, pushes
 
-    def _keep_strings(self, wanted: int | None = None) -> None:
+    def _keep_strings(self, wanted: int | None = None, spaced: bool = True) -> None:
         """Between rounds, where no encoded event or request holds a string code: compact
         the engine's string table when it is due (core/strings.py), or, `wanted` given (a
-        handoff's block about to be taken in), when fewer codes are vacant than that, so that
+        handoff's block about to be taken in), when fewer codes are vacant than that (not
+        `spaced`: whatever the last pass's length, as in a replay: core/strings.py), so that
         free text costs room only while a resident profile holds it, timed
         (string_compaction_s); tally the strings that overflowed all the same (the live ones
         did not fit), and say once which fields hold the most. A compaction that fails
@@ -184,7 +185,7 @@ class Shard:
         the round it follows is journaled and answered, so they are logged, not raised."""
         engine = self.engine
         strings = engine.compiled.strings
-        if strings.due() if wanted is None else strings.vacant() < wanted:
+        if strings.due(spaced) if wanted is None else strings.vacant() < wanted:
             start = time.perf_counter()
             try:
                 engine.compact_strings()
@@ -225,7 +226,9 @@ class Shard:
 
     def _replayed(self, requests: list[Request]) -> list[Reply]:
         replies = self.dispatch.run(requests, None, None)[0]
-        self._keep_strings()  # a long replay brings as many strings as the rounds it replays
+        # a long replay brings as many strings as the rounds it replays, far faster than
+        # rounds come while serving, which the passes' spacing is for
+        self._keep_strings(spaced=False)
         return replies
 
     def tick(self) -> list[Push]:
