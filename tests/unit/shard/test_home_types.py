@@ -19,6 +19,7 @@ from kairos.cluster.storage.sealed import SnapshotCorrupt, seal, unseal
 from kairos.core.compiler import default_compiled
 from tests.unit.shard.test_homes import passivated
 from tests.unit.shard.test_shard import T0, Clock, decide, event, p_of, profile, shard
+from tests.unit.shard.test_shard_block_extras import snapshot_of_ana
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -128,15 +129,10 @@ def test_a_snapshot_of_other_types_is_corrupt(compiled, tmp_path, damage):
     """SnapshotCorrupt, what recovery raises for a damaged snapshot, and no customer of it
     left resident."""
     clock = Clock()
-    s = shard(compiled, store=DirectoryStore(tmp_path), clock=clock)
-    s.recover()
-    s.process([event("ana", "app_open", T0)])
-    p = p_of("ana")
-    s.durability.snapshot([p])
-    snap = blocks.unpack(unseal(s.store.get_snapshot(p), "snapshot")[0])
+    snap, _, put = snapshot_of_ana(compiled, tmp_path, clock)
     change, refusal = SNAPSHOT_DAMAGES[damage]
     change(snap)
-    s.store.put_snapshots({p: seal(blocks.pack(snap))})
+    put(snap)
     recovering = shard(compiled, store=DirectoryStore(tmp_path), clock=clock)
     with pytest.raises(SnapshotCorrupt, match=refusal):
         recovering.recover()

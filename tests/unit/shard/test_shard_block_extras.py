@@ -4,6 +4,8 @@ none, as in the decision log's blocks, is damage: a home with it refuses its cus
 d-durability finding 3), and a snapshot with it is SnapshotCorrupt."""
 from __future__ import annotations
 
+from typing import Callable
+
 import pytest
 
 from kairos.cluster.protocol import Unavailable
@@ -25,16 +27,23 @@ def test_a_home_with_no_extras_refuses_its_customer_and_the_round_goes_on(compil
     assert isinstance(replies[1], Unavailable) and "damaged" in replies[1].reason
 
 
-def test_a_snapshot_with_no_extras_is_corrupt(compiled, tmp_path):
-    clock = Clock()
-    s = shard(compiled, store=DirectoryStore(tmp_path), clock=clock)
+def snapshot_of_ana(compiled, root, clock: Clock) -> tuple[dict, int, Callable[[dict], None]]:
+    """A shard's snapshot of ana's partition, unpacked; the partition; and what puts a changed
+    one back in its place (sealed as the shard seals it)."""
+    s = shard(compiled, store=DirectoryStore(root), clock=clock)
     s.recover()
     s.process([event("ana", "app_open", T0)])
     p = p_of("ana")
     s.durability.snapshot([p])
     snap = blocks.unpack(unseal(s.store.get_snapshot(p), "snapshot")[0])
+    return snap, p, lambda changed: s.store.put_snapshots({p: seal(blocks.pack(changed))})
+
+
+def test_a_snapshot_with_no_extras_is_corrupt(compiled, tmp_path):
+    clock = Clock()
+    snap, _, put = snapshot_of_ana(compiled, tmp_path, clock)
     snap["block"]["extras"] = [None]
-    s.store.put_snapshots({p: seal(blocks.pack(snap))})
+    put(snap)
     with pytest.raises(SnapshotCorrupt, match="extras"):
         shard(compiled, store=DirectoryStore(tmp_path), clock=clock).recover()
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any, Callable
 
 import msgpack
 import pytest
@@ -87,6 +88,17 @@ def detach(primary: RedisServer, replica: RedisServer) -> None:
             time.sleep(0.05)
 
 
+def refused_while_away(primary: RedisServer, replica: RedisServer, what: str,
+                       write: Callable[[], Any]) -> None:
+    """`write`, with the replica away, fails naming `what`; the replica is back after."""
+    detach(primary, replica)
+    try:
+        with behind(), pytest.raises(ReplicasBehind, match=f"^redis: {what}: {BEHIND}"):
+            write()
+    finally:
+        attach(primary, replica)
+
+
 def waits(server: RedisServer, command: str = "wait") -> int:
     """How many WAITs (or other `command`s) the server has run."""
     with server.client() as c:
@@ -149,12 +161,7 @@ def test_a_write_the_replica_does_not_hold_is_not_acknowledged(pair, write, what
              "home-guarded": lambda: store.put(1, "ana", b"home", unless_fenced="s0"),
              "meta": lambda: store.put_meta("model", b"meta"),
              "claim": lambda: store.claim("cluster", "head")}
-    detach(primary, replica)
-    try:
-        with behind(), pytest.raises(ReplicasBehind, match=f"^redis: {what}: {BEHIND}"):
-            calls[write]()
-    finally:
-        attach(primary, replica)
+    refused_while_away(primary, replica, what, calls[write])
     calls[write]()  # the replica back: the same write is acknowledged
 
 
@@ -433,12 +440,7 @@ def test_a_journal_write_the_replica_does_not_hold_is_not_acknowledged(pair, wri
     journal.append([("event", 1, "ana", 2)])
     calls = {"retract": lambda: journal.retract(1), "truncate": lambda: journal.truncate(1),
              "compact": lambda: journal.compact(lambda record: record[3] == 1)}
-    detach(primary, replica)
-    try:
-        with behind(), pytest.raises(ReplicasBehind, match=f"^redis: {what}: {BEHIND}"):
-            calls[write]()
-    finally:
-        attach(primary, replica)
+    refused_while_away(primary, replica, what, calls[write])
     again = open_store(url).journal("s0", "os")
     assert records(again) == left
     assert again.append([("event", 1, "ana", 3)]) == max(left) + 1
