@@ -412,13 +412,14 @@ INGEST_STREAMS_PER_KEY = integer("INGEST_STREAMS_PER_KEY", max(1, INGEST_STREAMS
 INGEST_STREAMS_PER_HOST = integer("INGEST_STREAMS_PER_HOST", max(1, INGEST_STREAMS // 4),
                                   high=INGEST_STREAMS, high_of="INGEST_STREAMS")
 # How long an IngestStream may wait for its caller's next event before the gateway ends it
-# (DEADLINE_EXCEEDED, its events acked), so forgotten streams do not hold their places.
+# (DEADLINE_EXCEEDED, its events acked), so forgotten streams do not hold their places; and how
+# long, once its caller sends no more, an ack's write may wait on its reads (RESOURCE_EXHAUSTED).
 INGEST_STREAM_IDLE_S = number("INGEST_STREAM_IDLE_S", 600.0, above=True)
-# How long an IngestStream's caller may leave its acks unread (the gateway's write held by flow
-# control) before the gateway ends the stream (RESOURCE_EXHAUSTED): its window of events, and its
-# place, are not held for a caller that stopped reading. Flow control hands acks on as the
-# caller's reads free its window, some 30 KB at a time: a caller reading less than that in this
-# time looks stalled.
+# How long an IngestStream's caller may keep its whole window (STREAM_WINDOW events) unacked,
+# an ack's write held by flow control, before the gateway ends the stream (RESOURCE_EXHAUSTED):
+# its window of events is not held for a caller that stopped reading. Flow control hands acks on
+# as the caller's reads free its HTTP/2 window, some 30 KB at a time; a caller with fewer events
+# unacked is not timed by this.
 INGEST_STREAM_STALL_S = number("INGEST_STREAM_STALL_S", 30.0, above=True)
 # How often a gateway looks whether to freeze its long-lived objects (pauses.py).
 PAUSES_CHECK_S = number("PAUSES_CHECK_S", 1.0, above=True, high=3600.0)

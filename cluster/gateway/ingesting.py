@@ -37,6 +37,10 @@ STALLED = (f"the caller read no ack for {INGEST_STREAM_STALL_S:.0f} s with its w
            f"KAIROS_STREAM_WINDOW): the gateway ended the stream; the events acked on it "
            f"were applied, and those sent after them may have been: send again from the first "
            f"one not acked, with the same idempotency keys")
+UNREAD = (f"the caller read no ack for {INGEST_STREAM_IDLE_S:.0f} s after it stopped sending "
+          f"(KAIROS_INGEST_STREAM_IDLE_S): the gateway ended the stream; the events acked on it "
+          f"were applied, and those sent after them may have been: send again from the first "
+          f"one not acked, with the same idempotency keys")
 ENDING = "the status of a stalled IngestStream"  # its task's name
 ROUTED = ("; the customer's shard refused it once the call's events were routed: its other "
           "events may have been applied")
@@ -134,7 +138,7 @@ class Ingesting:
         pending: asyncio.Queue = asyncio.Queue(STREAM_WINDOW)
         call = Call()
         handler = asyncio.current_task()
-        stall = _Stall(lambda: _end_stalled(context, handler))
+        stall = _Stall(lambda why: _end_stalled(context, handler, why))
         reader = asyncio.ensure_future(
             self._read(request_iterator, context, pending, call, stall))
         failure = None
@@ -170,9 +174,14 @@ class Ingesting:
         that fails its checks (or a failure to read, or a wait for the next event past
         INGEST_STREAM_IDLE_S) goes in as the exception, which ends the stream in its turn,
         after the events before it. While it waits for room in a full `pending` (the
-        caller's whole window unacked) with an ack's write held, `stall` runs."""
+        caller's whole window unacked) with an ack's write held, `stall` runs; and once it
+        reads no more (`last`), while any ack's write is held, for INGEST_STREAM_IDLE_S."""
+        async def last(item: Exception | None) -> None:  # what ends the stream, in its turn
+            stall.reader_done()
+            await pending.put(item)
+
         n = 0
-        last: asyncio.Future | None = None  # the `sent` of the last event routed by a task
+        latest: asyncio.Future | None = None  # the `sent` of the last event routed by a task
         idle = IdleLimit(INGEST_STREAM_IDLE_S, IDLE)
         try:
             while (event := await idle.next(request_iterator)) is not None:
@@ -184,12 +193,12 @@ class Ingesting:
                     checked = await self.gateway.checked(
                         lambda catalog: requests.event_request(event, catalog, where),
                         self.gateway.timeout(context))
-                    item = self._route(event, checked, where, context, last, call)
+                    item = self._route(event, checked, where, context, latest, call)
                 except Exception as exc:
-                    await pending.put(exc)
+                    await last(exc)
                     return
                 if item.sent is not None:
-                    last = item.sent
+                    latest = item.sent
                 try:
                     if pending.full():  # the caller's window, all of it unacked
                         await stall.paused_on(pending.put(item))
@@ -201,11 +210,11 @@ class Ingesting:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            await pending.put(exc)
+            await last(exc)
             return
         finally:
             idle.close()
-        await pending.put(None)
+        await last(None)
 
     def _route(self, event: pb.Event, checked: tuple[requests.Who, protocol.Event], where: str,
                context, last: asyncio.Future | None, call: Call) -> _Pending:
@@ -319,17 +328,29 @@ class _Stall(WaitLimit):
     reads less than its HTTP/2 window (~32 KB) in a stall time. At expiry `end()` ends the
     stream; `ending` is then its status's task."""
 
-    def __init__(self, end: Callable[[], asyncio.Future]) -> None:
+    def __init__(self, end: Callable[[str], asyncio.Future]) -> None:
         super().__init__(INGEST_STREAM_STALL_S, self._expire)
         self._end = end
-        self.writing = self.paused = False
+        self.writing = self.paused = self._done = False
         self.ending: asyncio.Future | None = None
 
     def _expire(self) -> None:
-        self.ending = self._end()
+        self.ending = self._end(UNREAD if self._done else STALLED)
 
     def now(self) -> float:
         return self._loop.time()
+
+    def reader_done(self) -> None:
+        """The reader reads no more: the caller ended its events, sent one that failed, or
+        sent none for INGEST_STREAM_IDLE_S. Whatever its window, a held write is timed from
+        here, for INGEST_STREAM_IDLE_S: a caller that stops sending and reads its acks later
+        goes on, one that neither sends nor reads (a hung client keeping its connection) no
+        longer holds the stream, its handler parked at a write, for as long as it lives."""
+        self._limit_s, self.paused, self._done = INGEST_STREAM_IDLE_S, True, True
+        if self.writing:
+            self.since = self.now()
+        self._timer.cancel()  # checked a limit's length from now, whichever is the shorter
+        self._timer = self._loop.call_later(self._limit_s, self._check)
 
     async def paused_on(self, put: Awaitable[None]) -> None:
         """The reader's wait for room (`put`), timed while an ack's write is held too."""
@@ -342,9 +363,9 @@ class _Stall(WaitLimit):
             self.paused, self.since = False, None
 
 
-def _end_stalled(context, handler: asyncio.Task) -> asyncio.Future:
+def _end_stalled(context, handler: asyncio.Task, why: str) -> asyncio.Future:
     """End a stream whose caller stopped reading its acks, its `handler` (grpc's task) held
-    at a write that flow control keeps waiting. The status (RESOURCE_EXHAUSTED, STALLED) is
+    at a write that flow control keeps waiting. The status (RESOURCE_EXHAUSTED, `why`) is
     sent from a task of its own: it goes out behind the acks written, which the caller reads
     first (grpc 1.85, measured). Then the handler is cancelled, as the write may wait for as
     long as the caller keeps its connection (a cancel alone would send it no status): the
@@ -352,7 +373,7 @@ def _end_stalled(context, handler: asyncio.Task) -> asyncio.Future:
     and its place once the returned task is done: the status is out, read or its caller gone
     (until then the call's HTTP/2 stream and grpc's tasks stay, ~385 KB: a key's streams so
     ended count against INGEST_STREAMS_PER_KEY still, or their callers could pile them up)."""
-    ending = asyncio.get_running_loop().create_task(abort(context, Busy(STALLED)),
+    ending = asyncio.get_running_loop().create_task(abort(context, Busy(why)),
                                                     name=ENDING)
     ending.add_done_callback(lambda done: done.cancelled() or done.exception())  # AbortError
     asyncio.get_running_loop().call_soon(handler.cancel)  # once the status is on its way:

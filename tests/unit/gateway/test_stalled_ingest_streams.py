@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from typing import Callable, Iterator
 
@@ -201,3 +202,34 @@ def test_a_caller_reading_its_acks_slowly_but_steadily_is_not_cut(monkeypatch):
         assert got == [_event(0, n).event_id for n in range(count)]
         wait_until(lambda: not gateway.gateway.ingest_streams.open, 10, "the stream ended")
         assert gateway.gateway.inflight == 0
+
+
+def test_a_caller_that_neither_sends_nor_reads_is_ended_after_the_idle_time(monkeypatch):
+    """A hung client keeping its connection: it sent fewer events than its window and then
+    neither sent nor read, so the stall clock (a whole window unacked) never ran, and the idle
+    limit's end of the reader never reached the handler, parked at a held write: the stream
+    was held for as long as the connection lived. Once the reader reads no more, a held write
+    is timed for INGEST_STREAM_IDLE_S; the caller then reads the acks written and the status."""
+    monkeypatch.setattr(ingesting, "INGEST_STREAM_STALL_S", 600.0)
+    monkeypatch.setattr(ingesting, "INGEST_STREAM_IDLE_S", 1.0)
+    hung = threading.Event()
+
+    def sent_then_hung() -> Iterator[pb.Event]:
+        yield from (_event(0, n) for n in range(600))  # past what its HTTP/2 window holds
+        hung.wait(60)  # neither sends nor closes
+
+    with serving() as (gateway, _):
+        with grpc.insecure_channel(f"127.0.0.1:{gateway.port}", options=SMALL_WINDOW) as held:
+            stream = DecisionServiceStub(held).IngestStream(sent_then_hung())
+            try:
+                wait_until(lambda: _ending(gateway), 30, "the hung caller's stream ended")
+                acks = []
+                with pytest.raises(grpc.RpcError) as ended:
+                    for ack in stream:
+                        acks.append(ack)
+            finally:
+                hung.set()
+        assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "KAIROS_INGEST_STREAM_IDLE_S" in ended.value.details()
+        assert [ack.event_id for ack in acks] == [
+            _event(0, n).event_id for n in range(len(acks))]
