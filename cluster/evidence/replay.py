@@ -147,7 +147,7 @@ class Replayer:
         logged, selection, accept, value = rewards(record)
         # between records: the strings of the profiles replaced since the last compaction are
         # held by no row now, and a log's free text would otherwise fill the table (`<other>`)
-        if self.compiled.strings.due():
+        if self.compiled.strings.due(spaced=False):  # offline: it serves no one
             self.engine.compact_strings()
         try:
             block = unpack(record.profile)

@@ -97,6 +97,32 @@ def test_a_replay_compacts_between_its_chunks(tmp_path):
     assert store_of(rebuilt, "attacker", T0 + 20) == "junk-5-499"
 
 
+class Ticking:
+    """A table's clock on which every look takes a second: a pass then lasts seconds, and a
+    serving shard's next one would wait ten times that (core/strings.py SPACING)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_a_replays_passes_are_not_held_back_by_the_spacing(tmp_path):
+    """A replay serves no one and brings its chunks far faster than rounds come: spaced as a
+    serving shard's, its passes would wait while the journal's dead strings piled up, and the
+    victim's text, replayed last, would read `<other>` (71a815f)."""
+    first = shard(default_compiled())
+    for r in range(6):
+        first.process([home("attacker", f"junk-{r}-{i}", T0 + r) for i in range(500)])
+    first.process([home("victim", "store-0042", T0 + 10)])
+    rebuilt = limited(600, store=first.store)
+    rebuilt.engine.compiled.strings.clock = Ticking()
+    rebuilt.recover()
+    assert store_of(rebuilt, "victim", T0 + 20) == "store-0042"  # spaced: "<other>"
+
+
 def test_live_strings_past_the_limit_overflow_counted_and_said_once(caplog):
     s = limited(50)
     with caplog.at_level(logging.WARNING, "kairos.shard"):
