@@ -57,7 +57,7 @@ from kairos.core.engine import DecisionEngine
 from . import quickrun
 from .quickrun import spread
 from .kernel import bytes_per_customer
-from .workload import T0, catalog_with_actions, random_event, yaml_doc, yaml_text
+from .workload import T0, catalog_with_actions, random_event, senders_within, yaml_doc, yaml_text
 
 Probe = Callable[[bool], dict[str, Any]]
 
@@ -83,6 +83,7 @@ def bound_catalog(actions: int, top_k: int) -> tuple[CompiledCatalog, int]:
     doc = yaml_doc(default_catalog_text())
     samples = MAX_SELECTION_WORK // (actions * (SELECTION_DRAW_PASSES + top_k))
     doc["channels"] = {"web": {"placements": {"slot": {"top_k": top_k}}}}
+    senders_within(doc)
     doc["actions"] = [{"id": f"a{i}", "group": "serve", "purpose": "service", "value": 10 + i % 7,
                        "channels": {"web": {"treatment": f"t{i}"}}} for i in range(actions)]
     doc["fallbacks"] = {"web": []}
@@ -509,6 +510,7 @@ def sync_catalog(actions: int) -> CompiledCatalog:
     doc = yaml_doc(default_catalog_text())
     for key in ("channels", "fallbacks"):
         doc[key] = {c: v for c, v in doc[key].items() if c in SYNC_CHANNELS}
+    senders_within(doc)
     arbitration = doc["arbitration"]
     arbitration["context_weights"] = [w for w in arbitration["context_weights"]
                                       if w.get("channel", SYNC_CHANNELS[0]) in SYNC_CHANNELS]

@@ -55,6 +55,15 @@ def yaml_text(doc: Any, sort_keys: bool = False) -> str:
     return yaml.dump(doc, Dumper=_DUMPER, sort_keys=sort_keys)
 
 
+def senders_within(doc: Any) -> None:
+    """A catalog document cut to some of its channels: its event types' senders
+    (`events.<type>.channels`) name only those left (a type none of them may send keeps an
+    empty list: no channel sends it)."""
+    for event in doc["events"].values():
+        if event.get("channels") is not None:
+            event["channels"] = [c for c in event["channels"] if c in doc["channels"]]
+
+
 def catalog_with_actions(n_actions: int, text: str | None = None) -> Catalog:
     """The default catalog with its actions repeated (ids suffixed) or cut to `n_actions`."""
     doc = yaml_doc(text or default_catalog_text())
