@@ -27,7 +27,8 @@ from kairos.core.errors import InputError
 from kairos.cluster.gateway.admission import Shedder
 from kairos.cluster.gateway.auth import Denied, refusal
 from kairos.cluster.gateway.requests import Who, view
-from kairos.cluster.gateway.streams import WATCH_AGAIN, Ended, Open, Watch, Watches
+from kairos.cluster.gateway.streambounds import Open
+from kairos.cluster.gateway.streams import WATCH_AGAIN, Ended, Watch, Watches
 from kairos.cluster.protocol import BEING_FORGOTTEN, EXPIRED
 from kairos.cluster.settings import (DEADLINE_MARGIN_S, DEADLINE_MARGIN_SHARE, DEFAULT_DEADLINE_S,
                                      GATEWAY_INFLIGHT_LIMIT, INGEST_STREAMS,

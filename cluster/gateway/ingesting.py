@@ -17,7 +17,7 @@ from kairos.cluster.gateway import requests, wire
 from kairos.cluster.gateway.auth import Denied, caller, check_channel, require_scope
 from kairos.cluster.gateway.bounds import host_of
 from kairos.cluster.gateway.calls import FORGOTTEN_IN_CALL, abort
-from kairos.cluster.gateway.streams import IdleLimit, WaitLimit
+from kairos.cluster.gateway.streambounds import IdleLimit, WaitLimit
 from kairos.cluster.settings import INGEST_STREAM_IDLE_S, INGEST_STREAM_STALL_S, STREAM_WINDOW
 from kairos.cluster.transport.backend import NotCarried, NotSent, Unavailable
 from kairos.cluster.transport.client import Busy, ShardUnavailable

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from kairos.cluster.gateway import calls, ingesting
-from kairos.cluster.gateway.streams import IdleLimit
+from kairos.cluster.gateway.streambounds import IdleLimit
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1.decision_pb2_grpc import DecisionServiceStub
 
