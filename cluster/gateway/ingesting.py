@@ -346,11 +346,10 @@ class _Stall(WaitLimit):
         here, for INGEST_STREAM_IDLE_S: a caller that stops sending and reads its acks later
         goes on, one that neither sends nor reads (a hung client keeping its connection) no
         longer holds the stream, its handler parked at a write, for as long as it lives."""
-        self._limit_s, self.paused, self._done = INGEST_STREAM_IDLE_S, True, True
+        self.paused = self._done = True
         if self.writing:
             self.since = self.now()
-        self._timer.cancel()  # checked a limit's length from now, whichever is the shorter
-        self._timer = self._loop.call_later(self._limit_s, self._check)
+        self.restart(INGEST_STREAM_IDLE_S)
 
     async def paused_on(self, put: Awaitable[None]) -> None:
         """The reader's wait for room (`put`), timed while an ack's write is held too."""

@@ -65,6 +65,13 @@ class WaitLimit:
     def close(self) -> None:
         self._timer.cancel()
 
+    def restart(self, limit_s: float) -> None:
+        """Time waits against `limit_s` from now on, checked first `limit_s` from now: a
+        shorter limit than the timer was set for is not waited out at the longer one's end."""
+        self._timer.cancel()
+        self._limit_s = limit_s
+        self._timer = self._loop.call_later(limit_s, self._check)
+
     def _check(self) -> None:
         now = self._loop.time()
         if self.since is not None and now - self.since >= self._limit_s:

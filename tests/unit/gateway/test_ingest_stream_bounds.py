@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from kairos.cluster.gateway import calls, ingesting
-from kairos.cluster.gateway.streambounds import IdleLimit
+from kairos.cluster.gateway.streambounds import IdleLimit, WaitLimit
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1.decision_pb2_grpc import DecisionServiceStub
 
@@ -80,3 +80,19 @@ def test_only_a_wait_for_the_next_item_counts_as_idle():
             idle.close()
         return got
     assert asyncio.run(main()) == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_wait_limit_restarted_shorter_ends_a_wait_at_the_new_limit():
+    """`restart` re-arms the timer from now: a wait timed against a limit cut from 600 s to
+    0.1 s ends once the new limit has passed, not when the old timer would have looked."""
+    async def main() -> bool:
+        expired = asyncio.Event()
+        limit = WaitLimit(600.0, expired.set)
+        try:
+            limit.since = asyncio.get_running_loop().time()
+            limit.restart(0.1)
+            await asyncio.wait_for(expired.wait(), 30)  # the old timer: 600 s
+            return limit.expired
+        finally:
+            limit.close()
+    assert asyncio.run(main())
