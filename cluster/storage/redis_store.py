@@ -18,9 +18,10 @@ Keys, under a prefix (default "kairos", `?prefix=` in the URL) so clusters can s
     <prefix>:owner               string: the lease of the cluster that holds the store (claim)
 
 A journal is a sorted set of batches (redis_journal.py). With KAIROS_REDIS_REPLICAS, each
-write Kairos relies on (journal, fence, owner, homes, snapshots, meta, the lease) is WAITed for
-(redis_replicas.py); the decision log's are not (evidence beside the journal, which no
-answer waits on): a failover may lose its latest entries, or bring back ones just erased.
+write Kairos relies on (journal, fence, owner, homes, snapshots, meta, the lease, the decision
+log's appends, trims and erasures) is WAITed for (redis_replicas.py): a failover then neither
+loses the log's acknowledged entries nor brings back ones erased. The log's writer runs on its
+own thread (shard/decisionlog.py), which a WAIT holds, never a round.
 
 The URL may carry a password (`redis://user:password@host:port/db`); it is never printed,
 logged or put in an error message as it is: `repr` and messages show `redact(url)`.
@@ -103,7 +104,7 @@ class RedisLog:
     @unavailable("appending to a decision log")
     def append(self, entries: list[Entry]) -> None:
         members = {msgpack.packb([c, data, t], use_bin_type=True): t for t, c, data in entries}
-        with self.r.pipeline(transaction=True) as tx:
+        with redis_replicas.pipeline(self.r) as tx:
             tx.zadd(self.key, members)
             tx.incrby(f"{self.key}:bytes", sum(map(entry_size, entries)))
             tx.sadd(self.names, self.name)
@@ -174,7 +175,9 @@ class RedisLog:
         again) goes with the log if the log is gone."""
         removed = _zrems(self.r, self.key, members)
         gone = [member for member, was in zip(members, removed) if was]
-        if gone and self.r.decrby(f"{self.key}:bytes", sum(map(_member_size, gone))) <= 0:
+        # WAITed for, the ZREMs with it: they came before it in the replication stream
+        if gone and redis_replicas.write(self.r, "DECRBY", f"{self.key}:bytes",
+                                         sum(map(_member_size, gone))) <= 0:
             self._if_empty(orphan=False)
         return len(gone)
 
@@ -184,7 +187,7 @@ class RedisLog:
         below zero, and removes it again (`_remove`), unless an append comes first: the count
         then stays low by that remover's page, the log that much over its bound until it
         empties again."""
-        with self.r.pipeline(transaction=True) as tx, contextlib.suppress(redis.WatchError):
+        with redis_replicas.pipeline(self.r) as tx, contextlib.suppress(redis.WatchError):
             tx.watch(self.key)
             if not tx.zcard(self.key):
                 tx.multi()

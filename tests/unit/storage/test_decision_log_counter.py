@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from kairos.cluster.storage import redis_replicas
 from kairos.cluster.storage.decision_logs import entry_size
 from kairos.cluster.storage.redis_journal import REPLAY_PAGE
 from kairos.cluster.storage.redis_store import RedisStore
@@ -18,15 +19,16 @@ def url(redis_server, request):
     return f"{redis_server.url}?prefix=ct{abs(hash(request.node.name))}"
 
 
-def test_an_erasure_landing_after_an_orphan_trim_leaves_no_counter(url):
+def test_an_erasure_landing_after_an_orphan_trim_leaves_no_counter(url, monkeypatch):
     eraser, controller = RedisStore(url).decision_log("gone"), RedisStore(url).decision_log("gone")
     eraser.append([(T0, "ana", b"r" * 50)])
-    decrby = eraser.r.decrby
+    write = redis_replicas.write
 
-    def late(key, amount):  # the orphan trim runs between the erasure's ZREM and its DECRBY
+    def late(client, *command):  # the orphan trim runs between the erasure's ZREM and DECRBY
+        assert command[0] == "DECRBY"  # the erasure's only write through it
         controller.trim(before=0.0, max_bytes=1 << 30, orphan=True)
-        return decrby(key, amount)
-    eraser.r.decrby = late
+        return write(client, *command)
+    monkeypatch.setattr(redis_replicas, "write", late)
     assert eraser.erase({"ana"}) == 1
     assert eraser.r.keys(f"{eraser.key}*") == []
     assert eraser.r.smembers(eraser.names) == set()

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from typing import Any, Callable
 
 import msgpack
@@ -18,6 +19,7 @@ import pytest
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from kairos.cluster.shard import decisionlog
 from kairos.cluster.storage import redis_replicas
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.redis_errors import ReplicasBehind
@@ -446,3 +448,58 @@ def test_a_journal_write_the_replica_does_not_hold_is_not_acknowledged(pair, wri
     assert again.append([("event", 1, "ana", 3)]) == max(left) + 1
     assert records(open_store(f"{replica.url}?prefix=journal-{write}").read_journal("s0")) == \
         [*left, 3]
+
+
+def test_decision_log_writes_are_waited_for(pair):
+    """An append, a trim's page and an erasure's (its ZREMs and the count they take off, one
+    WAIT), and the emptied log's removal: each WAITed for, so the replica holds each when
+    acknowledged (erased entries do not come back with a failover)."""
+    primary, replica = pair
+    log = open_store(f"{primary.url}?prefix=log").decision_log("s0")
+    on_replica = open_store(f"{replica.url}?prefix=log").decision_log("s0")
+    before = waits(primary)
+    log.append([(1.0, "ana", b"a"), (2.0, "bob", b"b"), (3.0, "cy", b"c")])
+    assert log.trim(before=1.5, max_bytes=1 << 20) == 1
+    assert waits(primary) - before == 2
+    assert [c for _, c, _ in on_replica.read(0.0, 9.0)] == ["bob", "cy"]
+    assert on_replica.size() == log.size() > 0
+    assert log.erase({"bob", "cy"}) == 2
+    assert waits(primary) - before == 4  # the page, then the emptied log's DEL
+    assert list(on_replica.read(0.0, 9.0)) == [] and on_replica.size() == 0
+
+
+@pytest.mark.parametrize("write, what", [
+    ("append", "appending to a decision log"), ("trim", "trimming a decision log"),
+    ("erase", "erasing from a decision log")])
+def test_a_decision_log_write_the_replica_does_not_hold_is_not_acknowledged(pair, write, what):
+    primary, replica = pair
+    log = open_store(f"{primary.url}?prefix=log-behind-{write}").decision_log("s0")
+    log.append([(1.0, "ana", b"a"), (2.0, "bob", b"b")])
+    calls = {"append": lambda: log.append([(3.0, "cy", b"c")]),
+             "trim": lambda: log.trim(before=1.5, max_bytes=1 << 20),
+             "erase": lambda: log.erase({"ana"})}
+    refused_while_away(primary, replica, what, calls[write])
+
+
+def test_the_log_writer_counts_a_write_the_replica_does_not_hold_and_goes_on(pair, caplog):
+    """The shard's log writer (its own thread: no round waits on it) takes ReplicasBehind as
+    any failed write: counted and logged, the entries not written again (they ran on the
+    primary, which keeps them: a retry would log them twice); the next write goes through."""
+    primary, replica = pair
+    store, counts = open_store(f"{primary.url}?prefix=log-writer"), Counter()
+    writer = decisionlog.LogWriter(store, "s0", counts)
+    writer.in_background()
+    detach(primary, replica)
+    try:
+        with behind():
+            writer.submit([(1.0, "ana", b"a")], set())
+            writer.written()
+    finally:
+        attach(primary, replica)
+    assert counts["decision_log_failures"] == 1 and BEHIND in caplog.text
+    writer.submit([(2.0, "bob", b"b")], set())
+    writer.written()
+    writer.close()
+    assert counts["decision_log_records"] == 1
+    on_replica = open_store(f"{replica.url}?prefix=log-writer").decision_log("s0")
+    assert [c for _, c, _ in on_replica.read(0.0, 9.0)] == ["ana", "bob"]
