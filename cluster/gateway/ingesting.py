@@ -174,11 +174,18 @@ class Ingesting:
         that fails its checks (or a failure to read, or a wait for the next event past
         INGEST_STREAM_IDLE_S) goes in as the exception, which ends the stream in its turn,
         after the events before it. While it waits for room in a full `pending` (the
-        caller's whole window unacked) with an ack's write held, `stall` runs; and once it
-        reads no more (`last`), while any ack's write is held, for INGEST_STREAM_IDLE_S."""
+        caller's whole window unacked) with an ack's write held, `stall` runs, the wait to
+        put what ends the stream included (whether the caller half-closed must not lengthen
+        it); and once that is in, while any ack's write is held, for INGEST_STREAM_IDLE_S."""
+        async def put(item: _Pending | Exception | None) -> None:
+            if pending.full():  # the caller's window, all of it unacked
+                await stall.paused_on(pending.put(item))
+            else:
+                pending.put_nowait(item)
+
         async def last(item: Exception | None) -> None:  # what ends the stream, in its turn
-            stall.reader_done()
-            await pending.put(item)
+            await put(item)
+            stall.reader_done()  # before the handler can take `item`: no await since the put
 
         n = 0
         latest: asyncio.Future | None = None  # the `sent` of the last event routed by a task
@@ -200,10 +207,7 @@ class Ingesting:
                 if item.sent is not None:
                     latest = item.sent
                 try:
-                    if pending.full():  # the caller's window, all of it unacked
-                        await stall.paused_on(pending.put(item))
-                    else:
-                        pending.put_nowait(item)
+                    await put(item)
                 except asyncio.CancelledError:
                     self._drop(item)
                     raise
@@ -342,8 +346,9 @@ class _Stall(WaitLimit):
 
     def reader_done(self) -> None:
         """The reader reads no more: the caller ended its events, sent one that failed, or
-        sent none for INGEST_STREAM_IDLE_S. Whatever its window, a held write is timed from
-        here, for INGEST_STREAM_IDLE_S: a caller that stops sending and reads its acks later
+        sent none for INGEST_STREAM_IDLE_S; and what ends the stream is in `pending` (a wait
+        for room to put it was a stall, as any). A held write is timed from here, for
+        INGEST_STREAM_IDLE_S: a caller that stops sending and reads its acks later
         goes on, one that neither sends nor reads (a hung client keeping its connection) no
         longer holds the stream, its handler parked at a write, for as long as it lives."""
         self.paused = self._done = True

@@ -233,3 +233,41 @@ def test_a_caller_that_neither_sends_nor_reads_is_ended_after_the_idle_time(monk
         assert "KAIROS_INGEST_STREAM_IDLE_S" in ended.value.details()
         assert [ack.event_id for ack in acks] == [
             _event(0, n).event_id for n in range(len(acks))]
+
+
+def test_a_caller_that_half_closes_with_its_window_unacked_is_ended_after_the_stall_time(
+        monkeypatch):
+    """Review LOW (last stop): a caller that sent exactly what fills its window and then
+    half-closed, reading nothing, had the reader's wait to put the stream's end into the full
+    window timed as a caller's that stopped sending, for INGEST_STREAM_IDLE_S, not for
+    INGEST_STREAM_STALL_S as if it had kept the stream open: half-closing lengthened it. A
+    first stream, kept open, finds how many events a stream reads before its reader waits for
+    room (the acks its caller's HTTP/2 window takes, the one held at a write, STREAM_WINDOW
+    waiting, and the one read that waits); the second sends one fewer, then half-closes."""
+    monkeypatch.setattr(ingesting, "INGEST_STREAM_STALL_S", 600.0)  # the first is not ended
+    monkeypatch.setattr(ingesting, "INGEST_STREAM_IDLE_S", 600.0)
+    with serving() as (gateway, _):
+        [shard] = gateway.client.backend.shards.values()
+        with _unread(gateway.port, 1):
+            wait_until(_settled(lambda: len(shard.engine.table), ingesting.STREAM_WINDOW), 60,
+                       "the kept-open stream held at its window", poll_s=0.5)
+            count = len(shard.engine.table) - 1  # the last it read waits for room
+        wait_until(lambda: not gateway.gateway.ingest_streams.open, 10, "its place freed")
+        monkeypatch.setattr(ingesting, "INGEST_STREAM_STALL_S", 1.0)
+        with grpc.insecure_channel(f"127.0.0.1:{gateway.port}", options=SMALL_WINDOW) as held:
+            stream = DecisionServiceStub(held).IngestStream(_event(1, n) for n in range(count))
+            try:
+                wait_until(lambda: len(shard.engine.table) == 2 * count + 1, 30,
+                           "every event of the half-closed stream read")
+                wait_until(lambda: _ending(gateway), 30,  # main: after the 600 s idle time
+                           "the half-closed stream with its window unacked ended")
+                acks = []
+                with pytest.raises(grpc.RpcError) as ended:
+                    for ack in stream:
+                        acks.append(ack)
+            finally:
+                stream.cancel()
+        assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "KAIROS_INGEST_STREAM_STALL_S" in ended.value.details()
+        assert [ack.event_id for ack in acks] == [
+            _event(1, n).event_id for n in range(len(acks))]
