@@ -421,6 +421,11 @@ INGEST_STREAM_IDLE_S = number("INGEST_STREAM_IDLE_S", 600.0, above=True)
 # as the caller's reads free its HTTP/2 window, some 30 KB at a time; a caller with fewer events
 # unacked is not timed by this.
 INGEST_STREAM_STALL_S = number("INGEST_STREAM_STALL_S", 30.0, above=True)
+# ... which is at most INGEST_STREAM_IDLE_S: a caller holding its whole window unacked (the most
+# a stream holds) would otherwise be cut later than one that holds less, or sends nothing.
+if INGEST_STREAM_IDLE_S < INGEST_STREAM_STALL_S:
+    raise ValueError(f"{PREFIX}INGEST_STREAM_IDLE_S ({INGEST_STREAM_IDLE_S:g}) must be at least "
+                     f"{PREFIX}INGEST_STREAM_STALL_S ({INGEST_STREAM_STALL_S:g})")
 # How often a gateway looks whether to freeze its long-lived objects (pauses.py).
 PAUSES_CHECK_S = number("PAUSES_CHECK_S", 1.0, above=True, high=3600.0)
 # How long a forgotten customer's links stay refused (a late step of a link that began before

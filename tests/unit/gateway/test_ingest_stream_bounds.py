@@ -5,7 +5,10 @@ in-process backend)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
+import subprocess
+import sys
 
 import grpc
 import pytest
@@ -96,3 +99,18 @@ def test_a_wait_limit_restarted_shorter_ends_a_wait_at_the_new_limit():
         finally:
             limit.close()
     assert asyncio.run(main())
+
+
+@pytest.mark.parametrize("idle_s, stall_s, refused", [("20", "30", True), ("30", "30", False)])
+def test_an_idle_time_shorter_than_the_stall_time_stops_the_settings_import(idle_s, stall_s,
+                                                                             refused):
+    """A caller holding its whole window unacked would be cut later than one that holds less
+    (or sends nothing): the settings refuse the pair, naming both variables and their values."""
+    env = {**os.environ, "KAIROS_INGEST_STREAM_IDLE_S": idle_s,
+           "KAIROS_INGEST_STREAM_STALL_S": stall_s}
+    done = subprocess.run([sys.executable, "-c", "import kairos.cluster.settings"], env=env,
+                          capture_output=True, text=True)
+    assert (done.returncode != 0) == refused, done.stderr
+    if refused:
+        assert "ValueError: KAIROS_INGEST_STREAM_IDLE_S (20) must be at least " \
+               "KAIROS_INGEST_STREAM_STALL_S (30)" in done.stderr
