@@ -11,6 +11,9 @@ key's own channel, whose outcomes (an agent's answers) then join a logged decisi
 that may add to the log (LOGGING; a `shown_channel` from another is refused).
 A Decide the shard cannot answer in time gets the catalog's fallback, marked as such. The
 ingest calls (Ingest, IngestStream, IngestBatch) are ingesting.py's.
+What the customer's profile holds is for keys with profile:read: a Decide's `explain` needs
+it (EXPLAINING), and a Decide or watch by alias tells a key without it the alias as named, not
+the id of the customer the alias is linked to (`alias_answered`).
 """
 from __future__ import annotations
 
@@ -46,6 +49,13 @@ LEARNED_FROM = {kind.value: pb.LearnedFrom.Value(f"LEARNED_FROM_{kind.name}") fo
 LOGGING = ("decide", "respond")
 SHOWING = ("shown_channel logs the decision the caller shows, which needs a key with the "
            "'decide' or 'respond' scope")
+# Each dropped action's reason is the customer's: the consent they gave or withheld on the
+# channel, the rules their profile failed, their contact history; left out of a key's answer,
+# a consent would still read from which actions are missing (every action is in one list)
+EXPLAINING = ("explain says why each action was dropped for this customer (their consent, the "
+              "rules their profile failed, their contact history), which needs a key with the "
+              "'profile:read' scope")
+PROFILE_SCOPE = "profile:read"
 
 
 class DecisionService(Ingesting, decision_pb2_grpc.DecisionServiceServicer):
@@ -56,6 +66,8 @@ class DecisionService(Ingesting, decision_pb2_grpc.DecisionServiceServicer):
     async def Decide(self, request: pb.DecideRequest, context) -> pb.Decision:
         try:
             check_channel(request.channel)
+            if request.explain:
+                require_scope(PROFILE_SCOPE, EXPLAINING)
             catalog, who, (channel, placement), context_values = await self.gateway.checked(
                 lambda catalog: (catalog, requests.who(request),
                                  requests.view(catalog, request.channel, request.placement),
@@ -71,7 +83,10 @@ class DecisionService(Ingesting, decision_pb2_grpc.DecisionServiceServicer):
                 expires=self.gateway.expires(context))),
             fallback=lambda: fallback_decision(catalog, who.customer_id or "", channel,
                                                placement, request.max_actions))
-        return wire.decision_out(decision, catalog.agent_texts)
+        answer, answered = wire.decision_out(decision, catalog.agent_texts), alias_answered(who)
+        if answered is not None:
+            answer.customer_id = answered
+        return answer
 
     async def Respond(self, request: pb.Outcome, context) -> pb.OutcomeAck:
         try:
@@ -176,7 +191,7 @@ class DecisionService(Ingesting, decision_pb2_grpc.DecisionServiceServicer):
                 requests.Who(None, None)
         except (Denied, InputError) as exc:
             await abort(context, exc)
-        customer = who.customer_id
+        customer, answered = who.customer_id, alias_answered(who)
         if who.alias_key is not None:
             customer = await self.gateway.call(context, self.client.resolve_key(who.alias_key),
                                                retry=READ)
@@ -187,8 +202,10 @@ class DecisionService(Ingesting, decision_pb2_grpc.DecisionServiceServicer):
                     key=caller(), host=host_of(context.peer()))) as decisions:
                 async for decision in decisions:
                     # the running catalog's texts: the stream outlives switches
-                    yield wire.decision_out(decision,
-                                            (await self.gateway.catalog()).agent_texts)
+                    out = wire.decision_out(decision, (await self.gateway.catalog()).agent_texts)
+                    if answered is not None:
+                        out.customer_id = answered
+                    yield out
         except Exception as exc:
             await abort(context, exc, READ)
 
@@ -196,3 +213,13 @@ class DecisionService(Ingesting, decision_pb2_grpc.DecisionServiceServicer):
 def may_log() -> bool:
     """Whether the current call's key may have GetProfile log a decision (LOGGING)."""
     return any(has_scope(scope) for scope in LOGGING)
+
+
+def alias_answered(who: requests.Who) -> str | None:
+    """The customer id an answer to a request by alias carries for a key without profile:read:
+    the alias as named (its anonymous id, "~type:value"), whether or not it is linked, so that
+    no Decide or watch tells which aliases are whose (GetProfile, which does, needs the scope).
+    None: the customer's own (a request by id, or a key with profile:read)."""
+    if who.alias_key is None or has_scope(PROFILE_SCOPE):
+        return None
+    return anonymous_id(who.alias_key)

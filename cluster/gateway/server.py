@@ -1,17 +1,20 @@
 """The gateway's gRPC server: both kairos.v1 services behind the auth, in-flight, bounds and
-parsing interceptors, with health and reflection (open to all), on plaintext or TLS. Each
-connection carries at most `streams_per_connection()` calls at once (more wait in the client,
-silently, until one ends or their deadline passes)."""
+parsing interceptors, with health and reflection (open to all; reflection describes
+DecisionService, health and itself, not AdminService: `reflected_pool`), on plaintext or TLS.
+Each connection carries at most `streams_per_connection()` calls at once (more wait in the
+client, silently, until one ends or their deadline passes)."""
 from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from kairos.v1 import admin_pb2_grpc, decision_pb2_grpc
+from kairos.v1 import admin_pb2_grpc, decision_pb2, decision_pb2_grpc
 
 from kairos.cluster.gateway import streams
 from kairos.cluster.gateway.admin import AdminService
@@ -25,6 +28,10 @@ from kairos.cluster.settings import (GATEWAY_CONNECTION_IDLE_S, GATEWAY_CONNECTI
                                      MAX_MESSAGE_BYTES)
 
 SERVICES = ("kairos.v1.DecisionService", "kairos.v1.AdminService")
+# What reflection, open to anyone who reaches the port, lists and describes: what a channel's
+# grpcurl needs (the calls, health), not the operators' AdminService (their CLI and
+# protos/kairos/v1/admin.proto describe it), whose calls a key must still be refused to reveal
+REFLECTED = (decision_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)
 # calls a connection carries besides every watch stream of the gateway (the in-flight limit,
 # 20,000 by default, is shared by all of its callers)
 CALLS_PER_CONNECTION = 4096
@@ -103,13 +110,12 @@ async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | N
                  ("grpc.max_concurrent_streams", streams_per_connection()),
                  ("grpc.so_reuseport", 0), *KEEPALIVE_OPTIONS, *connection_options()])
     decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionService(gateway), server)
-    services = _services(admin)
     if admin:
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(gateway), server)
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
     reflection.enable_server_reflection(
-        services + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                    reflection.SERVICE_NAME), server)
+        [service.full_name for file in REFLECTED for service in file.services_by_name.values()],
+        server, pool=reflected_pool())
     credentials = None if tls is None else grpc.ssl_server_credentials(
         [(tls.private_key, tls.cert_chain)], root_certificates=tls.client_ca,
         require_client_auth=tls.client_ca is not None)
@@ -120,6 +126,27 @@ async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | N
     await server.start()
     gateway.start()
     return server, checker, bound
+
+
+def reflected_pool() -> descriptor_pool.DescriptorPool:
+    """The REFLECTED files and those they import, and nothing else. Reflection answers a
+    request by symbol or file name from its pool, which by default is every .proto the process
+    imported: asked for kairos.v1.AdminService by name, it described it to anyone."""
+    pool = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+
+    def add(file: FileDescriptor) -> None:
+        if file.name in added:
+            return
+        for imported in file.dependencies:  # a file goes in after what it imports
+            add(imported)
+        proto = descriptor_pb2.FileDescriptorProto()
+        file.CopyToProto(proto)
+        pool.Add(proto)
+        added.add(file.name)
+    for file in REFLECTED:
+        add(file)
+    return pool
 
 
 def _bind(server: grpc.aio.Server, host: str, ports: list[int],
