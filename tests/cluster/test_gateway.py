@@ -93,7 +93,7 @@ def code_of(call, *args, **kwargs) -> tuple[grpc.StatusCode, str]:
 def test_decide_with_explanation(stubs):
     decisions, _ = stubs
     d = decisions.Decide(pb.DecideRequest(customer_id="d1", channel="web", placement="hero",
-                                          explain=True), timeout=10, metadata=key(WEB))
+                                          explain=True), timeout=10, metadata=key(AGENT))
     assert d.channel == "web" and d.placement == "hero" and not d.fallback
     assert d.catalog_version and d.decision_id and d.actions
     assert [a.action_id for a in d.explanation.winners] == [a.action_id for a in d.actions]
@@ -405,7 +405,10 @@ def test_an_anonymous_visitor_links_and_merges_across_shards(stubs):
     assert lena.customer_id == "lena" and lena.events_applied == 4
     assert lena.features["views_7d"].number_value > 2.9
     by_alias = pb.DecideRequest(alias=cookie, channel="web")
-    assert decisions.Decide(by_alias, timeout=10, metadata=key(WEB)).customer_id == "lena"
+    assert decisions.Decide(by_alias, timeout=10, metadata=key(AGENT)).customer_id == "lena"
+    # a key without profile:read is told the alias as named, not whose it is
+    assert decisions.Decide(by_alias, timeout=10, metadata=key(WEB)).customer_id == \
+        f"~cookie:{value}"
 
     other = pb.LinkRequest(alias=cookie, customer_id="mia")
     assert code_of(decisions.LinkIdentity, other, metadata=key(ADMIN))[0] == \
