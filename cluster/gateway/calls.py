@@ -203,18 +203,22 @@ class Gateway:
         self._refresh_wait = min(self._refresh_wait * 2, CATALOG_RETRY_S[1])
 
     async def checked(self, check: Callable[[CompiledCatalog], T], timeout_s: float) -> T:
-        """`check(catalog)` with the catalog `catalog()` gives. What it refuses (InputError) is
-        checked again against the catalog the cluster switched to, when there is one this
-        gateway has not compiled yet (seen in the routing table, or else asked of the
-        controller, at most once a CATALOG_RECHECK_S): a request made for the new catalog (a
-        Respond to a decision that showed a new action, an event of a new type) is not
-        refused by the old one. Requests it accepts never wait for a compile; one that waits
-        for it waits at most `timeout_s` (the caller's time left), then TimeoutError: it may
-        be valid, so it is not refused (INVALID_ARGUMENT is not retried)."""
+        """`check(catalog)` with the catalog `catalog()` gives. What it refuses (InputError,
+        or Denied: a type the catalog's `events.<type>.channels` keep from a channel-bound
+        key, `requests.check_sender`) is checked again against the catalog the cluster
+        switched to, when there is one this gateway has not compiled yet (seen in the routing
+        table, or else asked of the controller, at most once a CATALOG_RECHECK_S): a request
+        made for the new catalog (a Respond to a decision that showed a new action, an event
+        of a new type, or of a type the new one lets the key's channel send) is not refused by
+        the old one. Only the catalog refuses within `check` (Denied included): the key's own
+        rights, which no catalog changes (check_channel, require_scope), are checked before
+        it. Requests it accepts never wait for a compile; one that waits for it waits at most
+        `timeout_s` (the caller's time left), then TimeoutError: it may be valid, so it is not
+        refused (INVALID_ARGUMENT and PERMISSION_DENIED are not retried)."""
         catalog = await self.catalog()
         try:
             return check(catalog)
-        except InputError as refused:
+        except (InputError, Denied) as refused:
             now = time.monotonic()
             if self._refresh is None and self._compiled is catalog and \
                     now - self._rechecked >= CATALOG_RECHECK_S:
