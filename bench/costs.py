@@ -2,10 +2,12 @@
 re-runs at the catalog's bound, timer firings per tick, the journal's owner and heir fences,
 the Redis decision log's removal per entry, a push handed to a watch, the data plane's TLS,
 the decision-log writer's write alone or shared, a model sync (each side's bytes and time, and
-how long the shard's event loop waits on its adopt) and the bytes a resident customer holds in a
-shard, outcome state included.
+how long the shard's event loop waits on its adopt), the bytes a resident customer holds in a
+shard, outcome state included, and the safeguards' probes (bench/safeguards.py): the string
+table's compaction pass, a customer block's checks, the gateway's sender check and a Redis
+replica's WAIT on a journal append.
 
-    python -m bench.costs           # every probe, sized to take about 110 s on 2 cores
+    python -m bench.costs           # every probe, sized to take about 150 s on 2 cores
     python -m bench.costs --quick   # seconds (the test suite uses it so it never rots)
 
 Writes bench/results/costs-<time>.json (each probe's inputs and, per figure, the median and
@@ -54,18 +56,13 @@ from kairos.core.compiler import CompiledCatalog, compile_catalog, default_compi
 from kairos.core.decision import Decision
 from kairos.core.engine import DecisionEngine
 
-from . import quickrun
+from . import quickrun, safeguards
 from .quickrun import spread
 from .kernel import bytes_per_customer
+from .safeguards import PARTITIONS, RECORD, added, per_call_us
 from .workload import T0, catalog_with_actions, random_event, senders_within, yaml_doc, yaml_text
 
 Probe = Callable[[bool], dict[str, Any]]
-
-
-def added(more: list[float], less: list[float], unit: str, digits: int = 3) -> dict[str, Any]:
-    """What one way costs over another, repeat by repeat (taken in turn, so a busy moment
-    slows both alike); marked a difference: noise can take one below zero."""
-    return {**spread([m - n for m, n in zip(more, less)], unit, digits), "difference": True}
 
 
 # -- 1. selection re-runs at the catalog bound --------------------------------------------------
@@ -130,7 +127,6 @@ def selection_bound(quick: bool) -> dict[str, Any]:
 
 # -- 2. timer firings per tick ------------------------------------------------------------------
 
-PARTITIONS = 64
 CART_TIMER_S = 1800.0  # the default catalog's cart_abandoned: 30 minutes after add_to_cart
 BURST = 70_000  # the README's burst of timers due at once
 
@@ -188,16 +184,6 @@ def timer_ticks(quick: bool) -> dict[str, Any]:
 
 
 # -- 3. the journal's owner and heir fences -----------------------------------------------------
-
-RECORD = (b"x" * 200,)  # one small record a batch: what the checks add shows, not the writing
-
-
-def per_call_us(fn: Callable[[], Any], calls: int) -> float:
-    began = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - began) / calls * 1e6
-
 
 def journal_fences(quick: bool) -> dict[str, Any]:
     """Wall µs per append to a directory store's journal, its owner unchecked (a Journal) and
@@ -778,7 +764,11 @@ PROBES: tuple[tuple[str, Probe], ...] = (("selection_bound", selection_bound),
                                          ("plane_tls", plane_tls),
                                          ("log_writer", log_writer),
                                          ("model_sync", model_sync),
-                                         ("customer_bytes", customer_bytes))
+                                         ("customer_bytes", customer_bytes),
+                                         ("string_compaction", safeguards.string_compaction),
+                                         ("block_checks", safeguards.block_checks),
+                                         ("sender_check", safeguards.sender_check),
+                                         ("replica_wait", safeguards.replica_wait))
 
 
 # -- the report ---------------------------------------------------------------------------------

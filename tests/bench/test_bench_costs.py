@@ -9,14 +9,18 @@ from bench import costs
 from tests.bench.harness import quick_report
 
 FIELDS = {"unit", "median", "min", "max", "repeats"}
+# the probes that may be skipped, and why: no redis-server, or (WAIT) no replica synced in time
+SKIPPABLE = {"redis_log_trim": ("no redis-server",),
+             "replica_wait": ("no redis-server", "the replica did not sync")}
 
 
 def test_quick_run_reports_every_probe_with_finite_figures(tmp_path, run_bench):
     summary, report = quick_report(run_bench, "costs", tmp_path)
     assert list(report["probes"]) == [name for name, _ in costs.PROBES]
     for name, probe in report["probes"].items():
-        if "skipped" in probe:  # only the Redis probe may be, without a redis-server
-            assert name == "redis_log_trim" and "no redis-server" in probe["skipped"]
+        if "skipped" in probe:  # only the Redis probes may be (SKIPPABLE says why)
+            assert name in SKIPPABLE and any(why in probe["skipped"] for why in
+                                             SKIPPABLE[name]), (name, probe)
             continue
         assert probe["inputs"] and probe["figures"], name
         for figure, value in probe["figures"].items():
@@ -67,3 +71,29 @@ def assert_paths(probes: dict) -> None:
         customers["decisions_shown"] == customers["responds_taken"] > 0, customers
     held = probes["customer_bytes"]["figures"]
     assert held["bytes_answered"]["min"] > held["bytes_events"]["min"], held
+    assert_safeguards(probes)
+
+
+def assert_safeguards(probes: dict) -> None:
+    """The safeguards' probes (bench/safeguards.py) did the work they time."""
+    runs = probes["string_compaction"]["inputs"]["runs"]
+    assert len(runs) == 2 and runs[0]["residents"] < runs[1]["residents"], runs
+    for run in runs:  # each resident's text held; a pass frees exactly what a turnover replaced
+        assert run["resident"] == run["residents"] == run["texted"] > 0, run
+        assert run["strings_held"] > run["texted"] and 0 < run["turnover"] < run["texted"], run
+        assert set(run["freed_holding_all"]) == {0}, run
+        assert set(run["freed_after_turnover"]) == {run["turnover"]}, run
+    checked = probes["block_checks"]["inputs"]
+    # a home of one customer and a block of many, each customer's armed timer among its extras
+    assert checked["home_customers"] == 1 and "timers" in checked["home_extras"], checked
+    assert checked["block_customers"] == checked["block_timers"] > 1, checked
+    assert checked["block_bytes"] > checked["home_bytes"] > 0, checked
+    sent = probes["sender_check"]["inputs"]
+    # every type a caller may send, on a channel and on none: a type per channel-less event
+    assert 0 < sent["events"] - sent["named_channel"] == sent["types"] < sent["events"], sent
+    if "skipped" not in probes["replica_wait"]:
+        for pair in ("durable", "cache"):
+            waited = probes["replica_wait"]["inputs"][pair]
+            # a WAIT after each append with one replica, none with 0; the replica holds all
+            assert 2 * waited["waits_sent"] == waited["appends"] > 0, waited
+            assert waited["replica_last_lsn"] == waited["last_lsn"] == waited["appends"], waited
