@@ -78,6 +78,70 @@ class _Remembered:
     taught: dict[int, int] | None = None
 
 
+class _Memo:
+    """The decisions whose inputs are kept for their outcomes, by decision id, at most
+    `capacity`. When full, a channel holding the most lets its oldest go, the new decision's
+    own channel when it is one: a channel that floods Decides (one decide-only key bound to it)
+    pushes out its own decisions once it holds more than the others, not theirs, and a channel
+    alone still fills the whole memo (max-min fair share). A lookup is one dict's; a decision
+    costs an insertion in that dict and in its channel's order and, once full, a removal from
+    each, and a look at every channel's size only when another channel than its own lets go."""
+
+    def __init__(self, capacity: int, channels: int):
+        self.capacity = capacity
+        self._entries: dict[str, _Remembered] = {}
+        # per channel code, its decisions' ids, oldest first
+        self._order: list[OrderedDict[str, None]] = [OrderedDict() for _ in range(channels)]
+        # always a channel's order holding the most: kept as decisions come, so that a
+        # decision looks at every channel's size only when another channel lets go
+        self._largest = self._order[0]
+        self.get = self._entries.get  # bound once: record_encoded looks up every outcome
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def values(self) -> Iterable[_Remembered]:
+        return self._entries.values()
+
+    def items(self) -> Iterable[tuple[str, _Remembered]]:
+        return self._entries.items()
+
+    def keep(self, decision_id: str, entry: _Remembered) -> None:
+        """Remember a new decision, letting one go if the memo was full."""
+        self._entries[decision_id] = entry
+        order = self._order[entry.channel]
+        order[decision_id] = None
+        full = len(self._entries) > self.capacity
+        if len(order) >= len(self._largest):
+            if full:  # back to its size before, which was at most the largest's
+                del self._entries[order.popitem(last=False)[0]]
+            else:
+                self._largest = order
+        elif full:
+            del self._entries[self._largest.popitem(last=False)[0]]
+            self._largest = max(self._order, key=len)  # another may hold as many as it did
+
+    def __delitem__(self, decision_id: str) -> None:
+        order = self._order[self._entries.pop(decision_id).channel]
+        del order[decision_id]
+        if order is self._largest:
+            self._largest = max(self._order, key=len)
+
+    def drop(self, customers: Callable[[str], bool]) -> int:
+        """Let go of the decisions of the customers `customers` is true of; how many. A scan
+        of the bounded memo: dropping is rare (a forget, a partition moved away), and an index
+        per customer would cost every decision."""
+        gone = [d for d, m in self._entries.items() if customers(m.customer_id)]
+        for decision_id in gone:
+            del self[decision_id]
+        return len(gone)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        for order in self._order:
+            order.clear()
+
+
 _TAUGHT_POSITIVE, _TAUGHT_NEGATIVE, _TAUGHT_VALUE = 1, 2, 4
 # as plain ints for record_outcomes' loop: an enum's attribute and operators are Python calls
 # (through them the labels' checks cost about 9 us an outcome, a fifth of its time)
@@ -88,8 +152,9 @@ _IMPRESSION, _POSITIVE, _LABEL = int(Outcome.IMPRESSION), \
 class TaughtLabels(Protocol):
     """Which labels outcomes of decisions have taught their actions, kept where the memo is
     not: the memo is lost at a restart, a move, a catalog switch or a link, and lets a
-    decision go after `memo_capacity` later ones, and an outcome then would teach its label
-    again (a shard keeps these with the customer's durable state: outcomes.TaughtLabels)."""
+    decision go once later ones fill it (the oldest of the channel holding the most: `_Memo`),
+    and an outcome then would teach its label again (a shard keeps these with the customer's
+    durable state: outcomes.TaughtLabels)."""
 
     def taught(self, customer_id: str, decision_id: str, action_id: str,
                positive: bool) -> bool:
@@ -120,7 +185,7 @@ class DecisionEngine:
         # inputs in the memo.
         self._prefix = f"{secrets.token_hex(4)}-"
         self._decisions = itertools.count()
-        self._remembered: OrderedDict[str, _Remembered] = OrderedDict()
+        self._remembered = _Memo(self.memo_capacity, len(compiled.channel_names))
         self._read_fields = _fields_read(compiled)
         layout = compiled.layout
         self._string_slots = np.array([s for s, name in enumerate(layout.names)
@@ -359,8 +424,8 @@ class DecisionEngine:
         decision_id = f"{self._prefix}{next(self._decisions):x}"
         # item by item: a fancy index and its tolist cost some 1.6 us more per decision
         values = tuple([ws.catalog_values.item(i, a) for a in codes])
-        self._remember(decision_id, _Remembered(customer_id, channel, ws.predictors[i].copy(),
-                                                codes, values))
+        self._remembered.keep(decision_id, _Remembered(customer_id, channel,
+                                                       ws.predictors[i].copy(), codes, values))
         if self.keep_eligible:
             self.eligible[decision_id] = _PASSED[ws.reasons[i]].nonzero()[0]
         explanation = self._explain(i, channel, actions) if explain else None
@@ -442,15 +507,13 @@ class DecisionEngine:
         return min(DECISION_CACHE_SIZE, DECISION_MEMO_BYTES // (8 * self.compiled.n_predictors))
 
     def forget(self, customer_id: str) -> None:
-        """Drop what the decision memo keeps of the customer (ForgetCustomer). A scan of the
-        bounded memo: forgetting is rare, and an index per customer would cost every decision."""
-        for decision_id in [d for d, m in self._remembered.items() if m.customer_id == customer_id]:
-            del self._remembered[decision_id]
+        """Drop what the decision memo keeps of the customer (ForgetCustomer)."""
+        self.forget_decisions(customer_id.__eq__)
 
-    def _remember(self, decision_id: str, entry: _Remembered) -> None:
-        self._remembered[decision_id] = entry
-        if len(self._remembered) > self.memo_capacity:
-            self._remembered.popitem(last=False)
+    def forget_decisions(self, customers: Callable[[str], bool]) -> int:
+        """Drop the memo's decisions of the customers `customers` is true of, every channel's,
+        in one scan of the memo (a partition's customers, when it moves away); how many."""
+        return self._remembered.drop(customers)
 
     # -- outcomes ----------------------------------------------------------------------------
 

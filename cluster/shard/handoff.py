@@ -159,10 +159,9 @@ class Handoff:
     def _forget_decisions(self, partitions: set[int]) -> None:
         """Drop the decision memo's entries of the partitions' customers: a forget of one
         reaches its new owner only, and the memo holds the id and the decision's inputs."""
-        memo = self._ctx.engine._remembered  # one pass: Engine.forget scans it per customer
-        for decision_id in [d for d, m in memo.items()
-                            if self._ctx.partition_of(m.customer_id) in partitions]:
-            del memo[decision_id]
+        partition_of = self._ctx.partition_of  # one pass: Engine.forget scans it per customer
+        self._ctx.engine.forget_decisions(lambda customer_id: partition_of(customer_id)
+                                          in partitions)
 
     def unfreeze_homes(self) -> None:
         """Put the homes freezes took out of an unshared store back (a shard rebuilt from

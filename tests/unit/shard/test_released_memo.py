@@ -19,3 +19,29 @@ def test_a_released_partitions_customers_leave_the_previous_owners_memo(compiled
     assert b.process([forget("ana")], [2])[0][0].existed
     remembered = {m.customer_id for m in a.engine._remembered.values()}
     assert "ana" not in remembered and bob in remembered  # the partitions it kept keep theirs
+
+
+def test_a_release_drops_its_customers_decisions_on_every_channel(compiled, monkeypatch):
+    """Their decisions on each channel go, the kept partitions' stay on each, and the memo
+    still lets a flooding channel push out only its own decisions after."""
+    monkeypatch.setattr("kairos.core.engine.DECISION_CACHE_SIZE", 30)
+    store = MemoryStore(shared=True)
+    a = shard(compiled, "a", store=store)
+    bob = next(c for c in (f"b{i}" for i in range(500)) if p_of(c) != p_of("ana"))
+    channels = [("web", "hero"), ("app", "home"), ("push", "notification")]
+    a.process([decide(who, *where) for who in ("ana", bob) for where in channels])
+
+    def held() -> list[tuple[str, str]]:  # (customer, channel) of each remembered decision
+        return sorted((m.customer_id, compiled.channel_names[m.channel])
+                      for m in a.engine._remembered.values())
+
+    assert held() == sorted((who, c) for who in ("ana", bob) for c, _ in channels)
+    b = shard(compiled, "b", partitions=[], store=store)
+    p = p_of("ana")
+    b.adopt(a.freeze([p], 2), 2)
+    a.release([p], 2)
+    assert held() == [(bob, "app"), (bob, "push"), (bob, "web")]
+    flood = [c for c in (f"w{i}" for i in range(500)) if p_of(c) != p][:60]
+    a.process([decide(c) for c in flood])
+    assert a.engine.remembered == 30
+    assert [c for who, c in held() if who == bob] == ["app", "push"]  # web's oldest went
