@@ -420,30 +420,31 @@ def owns(mine: str | None, stored: bytes | None) -> bool:
     return mine is None or stored is not None and stored.decode() == mine
 
 
-def guarded(client: redis.Redis, journal: str, owner: str | None, commands: Sequence[tuple],
-            watched: Sequence[str] = (), check: Callable[[list], None] = lambda values: None
-            ) -> list:
+def guarded(client: redis.Redis, journal: str | None, owner: str | None,
+            commands: Sequence[tuple] | Callable[[list], Sequence[tuple]],
+            watched: Sequence[str] = (), reads: Sequence[tuple] = ()) -> list:
     """Run `commands` in a MULTI/EXEC unless the journal (its key) is fenced or, with
     `owner`, another incarnation's (JournalFenced, nothing written); the EXEC's replies. Two
-    round trips (`_exchange`): one WATCHes the fence, the owner and `watched` and reads them
-    (`check`, given the values of `watched`, raises to refuse), the other is the MULTI/EXEC.
+    round trips (`_exchange`): one WATCHes the fence, the owner and `watched` and reads the
+    first two and `reads`, the other is the MULTI/EXEC. `commands`, where a callable, is made
+    from the replies of `reads` (and raises to refuse). With `journal` None, `watched` alone.
     A watched key changed before the EXEC: looked at again, up to SETTLE_TRIES times (then
     WatchError)."""
-    fence, owner_key = f"{journal}:fenced", f"{journal}:owner"
+    guards = () if journal is None else (f"{journal}:fenced", f"{journal}:owner")
     for _ in range(SETTLE_TRIES):
         with _held(client) as connection:
-            replies = _exchange(connection, ("WATCH", fence, owner_key, *watched),
-                                ("GET", fence), ("GET", owner_key),
-                                *(("GET", key) for key in watched))
-            if replies[1] is not None:
+            replies = _exchange(connection, ("WATCH", *guards, *watched),
+                                *(("GET", key) for key in guards), *reads)[1:]
+            if guards and replies[0] is not None:
                 raise JournalFenced.of(journal)
-            if not owns(owner, replies[2]):
+            if guards and not owns(owner, replies[1]):
                 raise JournalDisowned.of(journal)
-            check(replies[3:])
-            done = _commit(connection, commands)
+            done = _commit(connection, commands(replies[len(guards):]) if callable(commands)
+                           else commands)
         if done is not None:
             return done
-    raise redis.exceptions.WatchError(f"{journal}: the keys a write watched kept changing")
+    raise redis.exceptions.WatchError(f"{journal or ', '.join(watched)}: the keys a write "
+                                      f"watched kept changing")
 
 
 @contextlib.contextmanager

@@ -3,7 +3,8 @@
 Keys, under a prefix (default "kairos", `?prefix=` in the URL) so clusters can share a server:
 
     <prefix>:c:<partition>       hash: customer id -> home blob
-    <prefix>:s:<partition>       string: the partition's snapshot
+    <prefix>:s:<partition>       string: the partition's snapshot (past a chunk: in chunks,
+                                 redis_snapshots.py)
     <prefix>:s:<partition>:lsn   string: msgpack [journal, LSN] of its newest one (store.py)
     <prefix>:j:<shard>           sorted set: journal batches, scored by their last LSN
     <prefix>:j:<shard>:last      string: the journal's last LSN (survives truncation)
@@ -41,7 +42,7 @@ import itertools
 import logging
 import os
 import socket
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 from urllib.parse import parse_qs, urlencode, urlparse
 
 import msgpack
@@ -50,7 +51,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from kairos.cluster.settings import REDIS_TIMEOUT_S
-from kairos.cluster.storage import lsn_records, redis_aof, redis_chunks, redis_replicas
+from kairos.cluster.storage import (lsn_records, redis_aof, redis_chunks, redis_replicas,
+                                    redis_snapshots)
 from kairos.cluster.storage.decision_logs import Entry, entry_size
 from kairos.cluster.storage.ownership import LEASE_S
 from kairos.cluster.storage.redis_config import check_parameters
@@ -351,47 +353,31 @@ class RedisStore:
     @unavailable("writing snapshots")
     def put_snapshots(self, snapshots: dict[int, bytes], unless_fenced: str | None = None,
                       lsn: int | None = None) -> None:
-        """In transactions that end once they reach PIPELINE_BYTES (`_chunks`: the snapshot
-        that reaches it is the last; each stands alone: a partly written set is still
-        consistent). With `unless_fenced`, each under WATCH of that journal's fence and owner
-        (`_unless_fenced`); with `lsn` too, of the partitions' `:lsn` keys, checked and
-        written with them."""
+        """In writes that end once they reach PIPELINE_BYTES (`_chunks`: the snapshot that
+        reaches it is the last; each stands alone: a partly written set is still
+        consistent), each switched in whole (redis_snapshots.py); with `unless_fenced`, under
+        WATCH of that journal's fence and owner; with `lsn` too, of the partitions' `:lsn`
+        keys, checked and written with them."""
         for chunk in _chunks(snapshots.items(), lambda snapshot: len(snapshot[1])):
-            values: list[str | bytes] = []
-            for p, blob in chunk:
-                values.extend((f"{self.prefix}:s:{p}", blob))
-                if lsn is not None:
-                    values.extend((f"{self.prefix}:s:{p}:lsn",
-                                   lsn_records.packed(str(unless_fenced), lsn)))
-            covered = [p for p, _ in chunk] if lsn is not None else []
+            redis_snapshots.put(self.r, self.prefix, chunk, unless_fenced,
+                                self._owners.get(unless_fenced), lsn)
 
-            def check(stored: list, covered: list[int] = covered) -> None:
-                for p, value in zip(covered, stored):
-                    journal, newer = lsn_records.unpacked(value) or (None, 0)
-                    if journal == unless_fenced and newer > lsn:
-                        raise JournalFenced.stale(str(unless_fenced), p, lsn, newer)
-            self._unless_fenced(unless_fenced, [("MSET", *values)],
-                                [f"{self.prefix}:s:{p}:lsn" for p in covered], check)
-
-    def _unless_fenced(self, journal: str | None, commands: list[tuple],
-                       watched: Sequence[str] = (),
-                       check: Callable[[list], None] = lambda values: None) -> None:
+    def _unless_fenced(self, journal: str | None, commands: list[tuple]) -> None:
         """`commands` sent in one exchange; with `journal` named, in a MULTI/EXEC under WATCH of
-        its fence and owner (and `watched`, which `check` sees), two round trips
-        (redis_journal.py `guarded`): JournalFenced, nothing written, if the journal is fenced
-        or another incarnation's than this store's (`own_journal`) before the EXEC."""
+        its fence and owner, two round trips (redis_journal.py `guarded`): JournalFenced,
+        nothing written, if the journal is fenced or another incarnation's than this store's
+        (`own_journal`) before the EXEC."""
         if journal is None:
             with redis_replicas.pipeline(self.r, transaction=False) as pipe:
                 for command in commands:
                     pipe.execute_command(*command)
                 pipe.execute()
             return
-        guarded(self.r, f"{self.prefix}:j:{journal}", self._owners.get(journal), commands,
-                watched, check)
+        guarded(self.r, f"{self.prefix}:j:{journal}", self._owners.get(journal), commands)
 
     @unavailable("reading a snapshot")
     def get_snapshot(self, partition: int) -> bytes | None:
-        return self.r.get(f"{self.prefix}:s:{partition}")
+        return redis_snapshots.get(self.r, self.prefix, partition)
 
     @unavailable("reading a snapshot's LSN")
     def snapshot_lsn(self, partition: int) -> tuple[str, int] | None:
@@ -439,7 +425,7 @@ class RedisStore:
 
     @unavailable("writing meta")
     def put_meta(self, key: str, blob: bytes) -> None:
-        redis_chunks.put(self.r, self.prefix, key, blob)
+        redis_chunks.put(self.r, redis_chunks.Value(self.prefix, "m", key), blob)
 
     def decision_log(self, name: str) -> RedisLog:
         return RedisLog(self.r, self.prefix, name)
@@ -450,7 +436,7 @@ class RedisStore:
 
     @unavailable("reading meta")
     def get_meta(self, key: str) -> bytes | None:
-        return redis_chunks.get(self.r, self.prefix, key)
+        return redis_chunks.get(self.r, redis_chunks.Value(self.prefix, "m", key))
 
     def erased(self) -> None:
         redis_aof.rewrite(self.r)  # redis_aof.py: the AOF forgets what was erased

@@ -33,6 +33,12 @@ def _keys(store: RedisStore) -> list[bytes]:
     return sorted(store.r.keys(f"{store.prefix}:*"))
 
 
+def sweep(store: RedisStore, key: str) -> None:
+    """What a save of meta `key` sweeps first."""
+    value = redis_chunks.Value(store.prefix, "m", key)
+    redis_chunks.sweep(store.r, value, store.r.zrange(value.key("p"), 0, -1))
+
+
 def test_a_value_past_the_servers_limit_round_trips_in_chunks(store):
     big = os.urandom(3 * CHUNK + 17)  # 1.5 MiB: one SET of it drops the connection
     store.put_meta("learner", big)
@@ -63,11 +69,11 @@ def test_a_save_killed_between_chunks_leaves_the_previous_value_and_is_swept(sto
     written = []
     chunk = redis_chunks._chunk
 
-    def dies_at_the_third(prefix, key, generation, n):
+    def dies_at_the_third(value, generation, n):
         written.append(n)
         if len(written) == 3:
             raise KeyboardInterrupt("killed")
-        return chunk(prefix, key, generation, n)
+        return chunk(value, generation, n)
 
     monkeypatch.setattr(redis_chunks, "_chunk", dies_at_the_third)
     monkeypatch.setattr(store.r, "delete", lambda *keys: None)  # killed: no clean-up either
@@ -111,10 +117,10 @@ def test_a_read_that_meets_a_newer_save_reads_that_one(store, monkeypatch):
     store.put_meta("learner", first)
     assemble = redis_chunks._assemble
 
-    def saved_meanwhile(client, prefix, key, header):
+    def saved_meanwhile(client, value, header):
         monkeypatch.setattr(redis_chunks, "_assemble", assemble)
         store.put_meta("learner", second)  # deletes the chunks `header` names
-        return assemble(client, prefix, key, header)
+        return assemble(client, value, header)
 
     monkeypatch.setattr(redis_chunks, "_assemble", saved_meanwhile)
     assert store.get_meta("learner") == second
@@ -143,9 +149,9 @@ def test_an_acl_user_limited_to_kairos_commands_saves_and_reads_chunks(
     monkeypatch.setattr(redis_chunks, "STALE_S", 0.001)
     chunk = redis_chunks._chunk
 
-    def second_fails(prefix: str, key: str, generation: str, n: int) -> str:
+    def second_fails(value: redis_chunks.Value, generation: str, n: int) -> str:
         assert n == 0
-        return chunk(prefix, key, generation, n)
+        return chunk(value, generation, n)
     monkeypatch.setattr(redis_chunks, "_chunk", second_fails)  # leaves a dead save, listed
     with pytest.raises(AssertionError):
         store.put_meta("learner", os.urandom(2000))
@@ -192,7 +198,7 @@ def test_a_sweep_and_a_stalled_saves_switch_never_publish_deleted_chunks(store, 
         return chunks(*args)
 
     monkeypatch.setattr(redis_chunks, "_chunks", switch_lands_inside_the_sweep)
-    redis_chunks._sweep(store.r, store.prefix, "learner")
+    sweep(store, "learner")
     monkeypatch.undo()
     assert landed and store.get_meta("learner") == stalled
 
@@ -203,13 +209,13 @@ def test_a_save_that_resumes_after_its_chunks_were_swept_fails_and_keeps_the_val
     store.put_meta("learner", before)
     chunk, stalled = redis_chunks._chunk, []
 
-    def swept_before_the_second(prefix, key, generation, n):
+    def swept_before_the_second(value, generation, n):
         if n == 1 and not stalled:  # stalled past STALE_S: a sweep deletes what it wrote
             stalled.append(n)
-            store.r.pexpire(redis_chunks._alive(prefix, key, generation), 1)
+            store.r.pexpire(redis_chunks._alive(value, generation), 1)
             time.sleep(0.05)
-            redis_chunks._sweep(store.r, prefix, key)
-        return chunk(prefix, key, generation, n)
+            sweep(store, value.name)
+        return chunk(value, generation, n)
 
     monkeypatch.setattr(redis_chunks, "_chunk", swept_before_the_second)
     with pytest.raises(StoreUnavailable, match="deleted as a dead save's"):

@@ -20,7 +20,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from kairos.cluster.shard import decisionlog
-from kairos.cluster.storage import redis_replicas
+from kairos.cluster.storage import redis_replicas, redis_snapshots
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.redis_errors import ReplicasBehind
 from kairos.cluster.storage.redis_journal import RedisJournal
@@ -503,3 +503,15 @@ def test_the_log_writer_counts_a_write_the_replica_does_not_hold_and_goes_on(pai
     assert counts["decision_log_records"] == 1
     on_replica = open_store(f"{replica.url}?prefix=log-writer").decision_log("s0")
     assert [c for _, c, _ in on_replica.read(0.0, 9.0)] == ["ana", "bob"]
+
+
+def test_a_snapshot_in_chunks_is_held_by_the_replica_when_acknowledged(pair, monkeypatch):
+    """One WAIT, after the switch: the chunks written before it are in the replica then."""
+    primary, replica = pair
+    monkeypatch.setattr(redis_snapshots, "SNAPSHOT_CHUNK_BYTES", 1000)
+    store, big = open_store(f"{primary.url}?prefix=chunked"), os.urandom(3500)
+    store.own_journal("s0", "inc-1", claim=True)
+    before = waits(primary)
+    store.put_snapshots({1: big}, unless_fenced="s0", lsn=1)
+    assert waits(primary) - before == 1
+    assert open_store(f"{replica.url}?prefix=chunked").get_snapshot(1) == big
