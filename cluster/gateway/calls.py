@@ -2,10 +2,10 @@
 requests against, the caller's deadline, and the bound on its work in flight.
 
 A runtime call runs within the caller's deadline less a margin (kept back to answer in time,
-a fallback decision included) and counts as in flight while it runs. `InflightLimit` refuses
-new calls with RESOURCE_EXHAUSTED before their handlers run: past GATEWAY_INFLIGHT_LIMIT, and
-the share the gateway sheds when its calls queue (admission.py). `abort` maps the runtime's
-errors to status codes.
+a fallback decision included) and counts as in flight while it runs, in all and as its API
+key's. `InflightLimit` refuses new calls with RESOURCE_EXHAUSTED before their handlers run:
+past GATEWAY_INFLIGHT_LIMIT, past a key's fair share of it, and the share the gateway sheds
+when its calls queue (admission.py). `abort` maps the runtime's errors to status codes.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from kairos.core.compiler import CompiledCatalog, compiled_from_text
 from kairos.core.errors import InputError
 
 from kairos.cluster.gateway.admission import Shedder
-from kairos.cluster.gateway.auth import Denied, refusal
+from kairos.cluster.gateway.auth import Denied, caller, refusal
 from kairos.cluster.gateway.requests import Who, view
 from kairos.cluster.gateway.streambounds import Open
 from kairos.cluster.gateway.streams import WATCH_AGAIN, Ended, Watch, Watches
@@ -49,6 +49,13 @@ CATALOG_RETRY_S = (1.0, 5.0)
 CATALOG_FAILED_LOG_S = 60.0  # the most often such a failure is logged
 ENDPOINTS_REFRESH_S = 1.0  # the most often GetRoutes asks the controller for the endpoints
 SHEDDER_RESTART_S = 5.0  # after the load shedder failed, until it starts again
+# Past this share of GATEWAY_INFLIGHT_LIMIT in flight, a key may hold only its fair share: this
+# share of the limit split among the keys with calls in flight, and at least FAIR_SHARE_FLOOR.
+# A key's flood stops at it, leaving the rest of the limit to the keys under their share (a
+# key that comes later among them), which pass up to the limit; without auth there is one
+# caller, whose share is the whole limit.
+FAIR_SHARE_FROM = 0.75
+FAIR_SHARE_FLOOR = 64  # calls in flight any key may hold, however many share the limit
 UNAVAILABLE_LOG_S = 10.0  # the most often the detail behind an UNAVAILABLE answer is logged
 # What a caller is told for each kind of Unavailable, and whether it may have been applied;
 # the detail (shard names, sockets, internal errors) is for the gateway's log only.
@@ -85,7 +92,7 @@ log = logging.getLogger("kairos.gateway")
 class Gateway:
     """One gateway's state: its name (where shards push watched decisions), the node it runs
     on (when known), the client it routes through, the controller behind `backend`, its watch
-    streams, and its calls in flight."""
+    streams, and its calls in flight (in all, and by API key: `count`)."""
 
     def __init__(self, name: str, client: KairosClient, backend: Backend,
                  node: str | None = None):
@@ -97,6 +104,7 @@ class Gateway:
         self.ingest_streams = Open("ingest", "INGEST_STREAMS", lambda: (
             INGEST_STREAMS, INGEST_STREAMS_PER_KEY, INGEST_STREAMS_PER_HOST))
         self.inflight = 0
+        self.inflight_of: dict[str | None, int] = {}  # by key name (`key_name`), none at 0
         self.fallbacks: Tally = Tally()  # fallback decisions answered, by why
         self.watches_refused: Tally = Tally()  # health Watches past their bound, by answer
         self.shedder = Shedder()
@@ -291,17 +299,34 @@ class Gateway:
             await abort(context, exc)
 
     async def within(self, work: Awaitable, timeout_s: float) -> Any:
-        self.inflight += 1
+        key = key_name()
+        self.count(key)
         try:
             async with asyncio.timeout(timeout_s):
                 return await work
         finally:
-            self.inflight -= 1
+            self.uncount(key)
 
-    def answered(self, _reply: asyncio.Future) -> None:
-        """A reply's done callback: the runtime call `inflight` counted until its shard
-        answered (or it was given up) is done, whether or not its caller has read it yet."""
-        self.inflight -= 1
+    def count(self, key: str | None, calls: int = 1) -> None:
+        """`calls` more runtime calls in flight, of `key` (`key_name()`)."""
+        self.inflight += calls
+        if calls:
+            self.inflight_of[key] = self.inflight_of.get(key, 0) + calls
+
+    def uncount(self, key: str | None, calls: int = 1) -> None:
+        """`calls` that `count` counted are done: a key with none left is dropped."""
+        self.inflight -= calls
+        if held := self.inflight_of.get(key, 0) - calls:
+            self.inflight_of[key] = held
+        else:  # (none counted at all for an empty batch)
+            self.inflight_of.pop(key, None)
+
+    def count_until_answered(self, reply: asyncio.Future) -> None:
+        """The runtime call of `reply` counts in flight, as the caller's, until its shard
+        answers (or it is given up), whether or not its caller has read it yet."""
+        key = key_name()
+        self.count(key)
+        reply.add_done_callback(lambda _: self.uncount(key))
 
     async def as_customer(self, who: Who, call: Callable[[str], Awaitable]) -> Any:
         """`call(customer_id)` for the customer a request names, its alias resolved."""
@@ -311,11 +336,23 @@ class Gateway:
         return await call(customer_id)
 
     def check_capacity(self, adding: int = 1) -> None:
-        """Raise Busy if `adding` more runtime calls would take the gateway past the calls
-        it may have in flight."""
+        """Raise Busy if `adding` more runtime calls of the caller's key would take the
+        gateway past the calls it may have in flight, or, past FAIR_SHARE_FROM of them, the
+        key past its fair share (a key with none in flight counts among those that share)."""
         if self.inflight + adding > GATEWAY_INFLIGHT_LIMIT:
             raise Busy(f"gateway {self.name} has {self.inflight} calls in flight"
-                       + (f", and {adding} more would pass its limit" if adding > 1 else ""))
+                       + _passing(adding, "limit"))
+        fair = int(GATEWAY_INFLIGHT_LIMIT * FAIR_SHARE_FROM)
+        if self.inflight + adding <= fair or (key := key_name()) is None:
+            return
+        held = self.inflight_of.get(key, 0)
+        keys = len(self.inflight_of) + (not held)
+        share = max(FAIR_SHARE_FLOOR, fair // keys)
+        if held + adding > share:
+            raise Busy(f"gateway {self.name} has {self.inflight} calls in flight, {held} of "
+                       f"them of key '{key}'" + _passing(adding, "fair share") + f": past "
+                       f"{fair} in flight, a key may hold {share} (its fair share: {fair} split "
+                       f"among the {keys} keys with calls in flight, at least {FAIR_SHARE_FLOOR})")
 
     def admit(self) -> None:
         """Raise Busy for a new call the gateway sheds, or one past its in-flight limit."""
@@ -349,6 +386,23 @@ class InflightLimit(grpc.aio.ServerInterceptor):
         except Busy as exc:
             return refusal(handler, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         return handler
+
+
+def key_name() -> str | None:
+    """The key the current call counts in flight as: its API key's name (a string hashes
+    faster than the key: two secrets of one name, a key's rotation, count as one), None
+    without auth, or for work no call was admitted for (counting checks no right: the auth
+    interceptor refused every call it did not admit)."""
+    try:
+        key = caller()
+    except Denied:
+        return None
+    return None if key is None else key.name
+
+
+def _passing(adding: int, bound: str) -> str:
+    """What a refusal of several calls at once (a batch's events) says more."""
+    return f", and {adding} more would pass its {bound}" if adding > 1 else ""
 
 
 def _view_left(catalog: CompiledCatalog, watch: Watch) -> str | None:

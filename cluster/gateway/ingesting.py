@@ -16,7 +16,7 @@ from kairos.cluster import protocol
 from kairos.cluster.gateway import requests, wire
 from kairos.cluster.gateway.auth import Denied, caller, check_channel, require_scope
 from kairos.cluster.gateway.bounds import host_of
-from kairos.cluster.gateway.calls import FORGOTTEN_IN_CALL, abort
+from kairos.cluster.gateway.calls import FORGOTTEN_IN_CALL, abort, key_name
 from kairos.cluster.gateway.streambounds import IdleLimit, WaitLimit
 from kairos.cluster.settings import INGEST_STREAM_IDLE_S, INGEST_STREAM_STALL_S, STREAM_WINDOW
 from kairos.cluster.transport.backend import NotCarried, NotSent, Unavailable
@@ -232,8 +232,7 @@ class Ingesting:
                 event, checked, where, self.gateway.timeout(context), last, sent, call)),
                 sent=sent)
         reply = self.client.enqueue(request, call)
-        self.gateway.inflight += 1  # until the shard answers, read or not (`Gateway.answered`)
-        reply.add_done_callback(self.gateway.answered)
+        self.gateway.count_until_answered(reply)  # read or not
         return _Pending(event, where, request, reply,
                         asyncio.get_running_loop().time() + self.gateway.timeout(context))
 
@@ -276,7 +275,8 @@ class Ingesting:
             self.gateway.check_capacity(len(checked))  # all or none: each event is a call
         except (Denied, InputError, Busy, TimeoutError) as exc:
             await abort(context, exc)
-        self.gateway.inflight += len(checked)  # until it answers, however it ends
+        key = key_name()
+        self.gateway.count(key, len(checked))  # until it answers, however it ends
         call = Call()
         try:
             async with asyncio.timeout(self.gateway.timeout(context)):
@@ -297,7 +297,7 @@ class Ingesting:
         except Exception as exc:
             failure = exc
         finally:  # also when the call is cancelled: the caller went away, or its deadline passed
-            self.gateway.inflight -= len(checked)
+            self.gateway.uncount(key, len(checked))
             call.give_up()
         await abort(context, _of_many(failure) if len(checked) > 1 else failure)
 
