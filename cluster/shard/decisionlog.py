@@ -250,7 +250,10 @@ class LogWriter:
                         lambda: self._own().trim(*trim, between_pages=self._append_waiting))
 
     def _append(self, entries: list[Entry]) -> None:
-        if entries and self._tried(f"{len(entries)} records lost",
+        # a store that failed the write may still hold it (a Redis primary whose replicas did
+        # not confirm it in time): not retried, as a retry could write it twice
+        if entries and self._tried(f"{len(entries)} records not acknowledged by the store, "
+                                   f"not retried: lost unless it holds them",
                                    lambda: self._own().append(entries)):
             self._counts["decision_log_records"] += len(entries)
 
