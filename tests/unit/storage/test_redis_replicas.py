@@ -24,14 +24,13 @@ from kairos.cluster.storage import redis_replicas, redis_snapshots
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.redis_errors import ReplicasBehind
 from kairos.cluster.storage.redis_journal import RedisJournal
-from kairos.cluster.storage.redis_server import RedisServer
+from kairos.cluster.storage.redis_server import SYNC_S, RedisServer
 from kairos.cluster.storage.redis_store import RedisStore
 from kairos.cluster.storage.store import JournalFenced, StoreUnavailable
 
 from tests.unit.shard.test_shard import T0, Clock, event, profile, shard
 from tests.unit.storage.test_redis_lost_replies import lose_next_reply, records
 
-SYNC_S = 10.0  # how long a replica may take to (re)connect and catch up: a bound, not a figure
 HELD_MS = 2000  # WAIT where the replica is there: ample on a loaded machine (below the timeout)
 BEHIND_MS = 200  # WAIT where the replica is away (`behind`): a write fails this quickly
 BEHIND = "0 of the 1 replicas KAIROS_REDIS_REPLICAS asks for acknowledged"
@@ -66,17 +65,8 @@ def behind():
 
 
 def attach(primary: RedisServer, replica: RedisServer) -> None:
-    """Make `replica` the primary's replica and wait till it is in sync, and has written the
-    AOF a sync starts anew (till then Redis 6.2 ignores SIGTERM: "Writing initial AOF")."""
-    with replica.client() as r, primary.client() as p:
-        r.replicaof("127.0.0.1", primary.port)
-        deadline = time.monotonic() + SYNC_S
-        while r.info("replication").get("master_link_status") != "up" or \
-                p.info("replication")["connected_slaves"] < 1 or p.wait(1, 100) < 1 or \
-                any(r.info("persistence")[k] for k in ("aof_rewrite_in_progress",
-                                                       "aof_rewrite_scheduled")):
-            assert time.monotonic() < deadline, "the replica did not sync"
-            time.sleep(0.05)
+    """Make `replica` the primary's replica, in sync (RedisServer.replicate)."""
+    assert replica.replicate(primary), "the replica did not sync"
 
 
 def detach(primary: RedisServer, replica: RedisServer) -> None:
