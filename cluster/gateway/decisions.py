@@ -9,11 +9,13 @@ decisions are previews, which the shards neither log nor count (protocol.Decide'
 but for the one of the channel its caller shows: the request's `shown_channel`, or a bound
 key's own channel, whose outcomes (an agent's answers) then join a logged decision; for a key
 that may add to the log (LOGGING; a `shown_channel` from another is refused).
-A Decide the shard cannot answer in time gets the catalog's fallback, marked as such. The
+A Decide the shard cannot answer in time gets the catalog's fallback, marked as such, decided
+for no one: it names the customer as the request did (an alias by its anonymous id). The
 ingest calls (Ingest, IngestStream, IngestBatch) are ingesting.py's.
 What the customer's profile holds is for keys with profile:read: a Decide's `explain` needs
-it (EXPLAINING), and a Decide or watch by alias tells a key without it the alias as named, not
-the id of the customer the alias is linked to (`alias_answered`).
+it (EXPLAINING), and a Decide or watch by alias, or by the alias's anonymous id, tells a key
+without it the id as named, not that of the customer the alias is linked to
+(`requests.alias_answered`; the ingest calls' decisions likewise).
 """
 from __future__ import annotations
 
@@ -55,7 +57,6 @@ SHOWING = ("shown_channel logs the decision the caller shows, which needs a key 
 EXPLAINING = ("explain says why each action was dropped for this customer (their consent, the "
               "rules their profile failed, their contact history), which needs a key with the "
               "'profile:read' scope")
-PROFILE_SCOPE = "profile:read"
 
 
 class DecisionService(Ingesting, decision_pb2_grpc.DecisionServiceServicer):
@@ -67,7 +68,7 @@ class DecisionService(Ingesting, decision_pb2_grpc.DecisionServiceServicer):
         try:
             check_channel(request.channel)
             if request.explain:
-                require_scope(PROFILE_SCOPE, EXPLAINING)
+                require_scope(requests.PROFILE_SCOPE, EXPLAINING)
             catalog, who, (channel, placement), context_values = await self.gateway.checked(
                 lambda catalog: (catalog, requests.who(request),
                                  requests.view(catalog, request.channel, request.placement),
@@ -81,9 +82,10 @@ class DecisionService(Ingesting, decision_pb2_grpc.DecisionServiceServicer):
                 max_actions=request.max_actions, explain=request.explain,
                 record_impression=request.record_impression,
                 expires=self.gateway.expires(context))),
-            fallback=lambda: fallback_decision(catalog, who.customer_id or "", channel,
+            fallback=lambda: fallback_decision(catalog, requests.named_id(who), channel,
                                                placement, request.max_actions))
-        answer, answered = wire.decision_out(decision, catalog.agent_texts), alias_answered(who)
+        answer = wire.decision_out(decision, catalog.agent_texts)
+        answered = requests.alias_answered(who)
         if answered is not None:
             answer.customer_id = answered
         return answer
@@ -191,7 +193,7 @@ class DecisionService(Ingesting, decision_pb2_grpc.DecisionServiceServicer):
                 requests.Who(None, None)
         except (Denied, InputError) as exc:
             await abort(context, exc)
-        customer, answered = who.customer_id, alias_answered(who)
+        customer, answered = who.customer_id, requests.alias_answered(who)
         if who.alias_key is not None:
             customer = await self.gateway.call(context, self.client.resolve_key(who.alias_key),
                                                retry=READ)
@@ -213,13 +215,3 @@ class DecisionService(Ingesting, decision_pb2_grpc.DecisionServiceServicer):
 def may_log() -> bool:
     """Whether the current call's key may have GetProfile log a decision (LOGGING)."""
     return any(has_scope(scope) for scope in LOGGING)
-
-
-def alias_answered(who: requests.Who) -> str | None:
-    """The customer id an answer to a request by alias carries for a key without profile:read:
-    the alias as named (its anonymous id, "~type:value"), whether or not it is linked, so that
-    no Decide or watch tells which aliases are whose (GetProfile, which does, needs the scope).
-    None: the customer's own (a request by id, or a key with profile:read)."""
-    if who.alias_key is None or has_scope(PROFILE_SCOPE):
-        return None
-    return anonymous_id(who.alias_key)

@@ -106,7 +106,7 @@ class Ingesting:
         finally:
             if sent is not None and not sent.done():
                 sent.set_result(False)  # the events behind it are not sent either
-        return _ack_out(event, ack)
+        return _ack_out(event, ack, who)
 
     async def IngestStream(self, request_iterator, context) -> AsyncIterator[pb.IngestAck]:
         """Events go out as they arrive, in the order they were sent; each ack goes back as
@@ -244,7 +244,7 @@ class Ingesting:
         try:
             async with asyncio.timeout_at(item.due):  # past it, the reply is cancelled
                 return _ack_out(item.event, await _settled(
-                    self.client.settle(item.request, await item.reply)))
+                    self.client.settle(item.request, await item.reply)), None)
         except InputError as exc:
             raise type(exc)(item.where + exc.field, exc.reason) from None
 
@@ -284,15 +284,15 @@ class Ingesting:
                 self.client.check_room(routed)  # no await until all are enqueued
                 replies = [self.client.enqueue(event, call) for event in routed]
                 answer = pb.EventBatchAck()  # each ack written in place (`_ack_into`)
-                for n, (event, routed_event, reply) in enumerate(zip(request.events, routed,
-                                                                     replies)):
+                for n, (event, (who, _), routed_event, reply) in enumerate(zip(
+                        request.events, checked, routed, replies)):
                     if n and not n % CHUNK:
                         await asyncio.sleep(0)
                     try:
                         ack = await _settled(self.client.settle(routed_event, await reply))
                     except InputError as exc:
                         raise type(exc)(f"events[{n}].{exc.field}", exc.reason) from None
-                    _ack_into(answer.acks.add(), event, ack)
+                    _ack_into(answer.acks.add(), event, ack, who)
                 return answer
         except Exception as exc:
             failure = exc
@@ -392,19 +392,26 @@ def check_event(event: pb.Event) -> None:
         require_scope("decide", DECIDING)
 
 
-def _ack_out(event: pb.Event, ack: protocol.EventAck) -> pb.IngestAck:
+def _ack_out(event: pb.Event, ack: protocol.EventAck, who: requests.Who | None
+             ) -> pb.IngestAck:
     out = pb.IngestAck()
-    _ack_into(out, event, ack)
+    _ack_into(out, event, ack, who)
     return out
 
 
-def _ack_into(out: pb.IngestAck, event: pb.Event, ack: protocol.EventAck) -> None:
+def _ack_into(out: pb.IngestAck, event: pb.Event, ack: protocol.EventAck,
+              who: requests.Who | None) -> None:
     """The ack written into `out`, an empty IngestAck, in place: an IngestBatch's are its
     answer's own (each built apart and copied in, its decision copied into it too, cost 2 us
-    an event more: issue 17)."""
+    an event more: issue 17). Its decision names the customer to a key without profile:read
+    as the event did (`requests.alias_answered` of `who`; None: an event by customer id, whose
+    Who is made only for a decision)."""
     out.event_id, out.sequence, out.duplicate = event.event_id, ack.sequence, ack.duplicate
     if ack.decision is not None:
         wire.decision_into(out.decision, ack.decision)
+        answered = requests.alias_answered(who or requests.Who(event.customer_id, None))
+        if answered is not None:
+            out.decision.customer_id = answered
 
 
 async def _settled(settling: Awaitable[protocol.EventAck]) -> protocol.EventAck:

@@ -10,6 +10,8 @@ Every id a caller sends has a length cap (customer ids, aliases, idempotency key
 decision ids, event types, action ids), checked here on every RPC, so nothing unbounded is
 kept in memory, journals or snapshots; and those it names a customer or a request by hold no
 control characters (`check_plain`), so none is taken for an id the cluster makes itself.
+An alias's anonymous id ("~type:value") stands for the alias where a key without profile:read
+was answered it: the customer an answer names (`alias_answered`), and a Respond's (`responding`).
 """
 from __future__ import annotations
 
@@ -26,10 +28,12 @@ from kairos.v1 import decision_pb2 as pb
 
 from kairos.cluster import protocol
 from kairos.cluster.gateway import wire
-from kairos.cluster.gateway.auth import Denied, caller
-from kairos.cluster.identity import alias_key, anonymous_id, check_linkable
+from kairos.cluster.gateway.auth import Denied, caller, has_scope
+from kairos.cluster.identity import ANONYMOUS, alias_key, anonymous_id, check_linkable
 from kairos.cluster.settings import CLOCK_SKEW_S, OUTCOME_WINDOW_S
 from kairos.cluster.shard.outcomes import issued_at
+
+PROFILE_SCOPE = "profile:read"  # what the customer's profile holds: which aliases are theirs
 
 
 class Who(NamedTuple):
@@ -63,6 +67,41 @@ def who(message) -> Who:
     if not erasing:
         check_plain(message.customer_id, "customer_id")
     return Who(message.customer_id, None)
+
+
+def alias_answered(who: Who) -> str | None:
+    """The customer id an answer (a Decide's, a watch's push, an ingested event's decision) to
+    a request by alias, or by an alias's anonymous id ("~type:value"), carries for a key
+    without profile:read: the id as named, whether or not the alias is linked (its shard
+    answers the anonymous id of a linked one with a redirect to the customer), so that no such
+    answer tells which aliases are whose (GetProfile, which does, needs the scope). None: the
+    customer's own (a request by a customer's id, or a key with profile:read)."""
+    named = named_id(who)
+    if named is None or not named.startswith(ANONYMOUS) or has_scope(PROFILE_SCOPE):
+        return None
+    return named
+
+
+def named_id(who: Who) -> str | None:
+    """The id a request names its customer by: its customer id, or its alias's anonymous id
+    (None: it names neither, a channel's watch)."""
+    return who.customer_id if who.alias_key is None else anonymous_id(who.alias_key)
+
+
+def responding(who: Who) -> Who:
+    """Whom a Respond names: an alias's anonymous id ("~type:value", what a Decide by the alias
+    answered, `alias_answered`) as that alias, resolved through the directory as a Respond by
+    the alias is. The decision may have been issued to the customer the alias is linked to,
+    whose shard finds it from the alias (`Who.via`); the anonymous id's shard sends it there
+    only while its redirect lasts (identity.REDIRECTS_PER_PARTITION), then refuses it. Any
+    other id as named."""
+    if who.customer_id is None or not who.customer_id.startswith(ANONYMOUS):
+        return who
+    alias_type, _, value = who.customer_id[len(ANONYMOUS):].partition(":")
+    try:
+        return Who(None, alias_key(alias_type, value))
+    except InputError:  # not an alias's: the shard's to answer, by id
+        return who
 
 
 def named(message) -> str:
@@ -256,7 +295,7 @@ def outcome_request(request: pb.Outcome, catalog: CompiledCatalog) -> OutcomeReq
     # the shard's engine checks the value (a convert's, in range) before anything is kept
     value = request.value if request.HasField("value") else None
     check_key(request.idempotency_key, "idempotency_key", MAX_KEY_LENGTH)
-    return OutcomeRequest(customer, request.action_id, request.channel, outcome,
+    return OutcomeRequest(responding(customer), request.action_id, request.channel, outcome,
                           outcome_time(request),
                           None if request.offline else request.decision_id, value,
                           request.idempotency_key or None)

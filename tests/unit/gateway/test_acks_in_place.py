@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from kairos.cluster.gateway import ingesting, wire
+from kairos.cluster.gateway import ingesting, requests, wire
 from kairos.cluster.protocol import EventAck
 from kairos.core.decision import Decision, Dropped, Explanation, RankedAction
 from kairos.v1 import decision_pb2 as pb
@@ -61,9 +61,9 @@ def test_an_ack_written_into_a_batch_answer_is_the_one_built(decision):
     expected = pb.IngestAck(event_id="e-1", sequence=3, duplicate=decision is not None)
     if decision is not None:
         expected.decision.CopyFrom(built(decision))
-    answer = pb.EventBatchAck()
-    ingesting._ack_into(answer.acks.add(), event, ack)
+    answer, by_id = pb.EventBatchAck(), requests.Who("c-1", None)
+    ingesting._ack_into(answer.acks.add(), event, ack, by_id)
     assert answer == pb.EventBatchAck(acks=[expected])
     assert answer.SerializeToString() == pb.EventBatchAck(acks=[expected]).SerializeToString()
     assert answer.acks[0].HasField("decision") == (decision is not None)
-    assert ingesting._ack_out(event, ack) == expected
+    assert ingesting._ack_out(event, ack, by_id) == expected

@@ -1,10 +1,15 @@
 """What the gateway tells keys that may not read profiles (no profile:read), over real gRPC on
 the in-process backend: a Decide's `explain` (each dropped action's reason is the customer's:
-their consent, the rules their profile failed) is refused to them; a Decide or watch by alias
-answers them the alias as named, never the id of the customer it is linked to (which would make
-any decide key an oracle of whose aliases are whose); and reflection, open without a key,
-neither lists nor describes AdminService."""
+their consent, the rules their profile failed) is refused to them; a Decide, a watch or an
+ingest's decision by alias, or by the alias's anonymous id ("~type:value"), answers them the id
+as named, never the id of the customer the alias is linked to (which would make any decide key
+an oracle of whose aliases are whose), and a fallback the id as named to every key; a Respond
+by the anonymous id a Decide answered reaches the decision once the shard's redirect is gone;
+and reflection, open without a key, neither
+lists nor describes AdminService."""
 from __future__ import annotations
+
+import asyncio
 
 import grpc
 import pytest
@@ -12,22 +17,26 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import \
     ProtoReflectionDescriptorDatabase
 
-from kairos.cluster.gateway import wire
-from kairos.core.decision import Decision, RankedAction
+from kairos.cluster import identity
+from kairos.cluster.gateway import requests, wire
+from kairos.cluster.shard.watches import Pushed
+from kairos.core.decision import RankedAction
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
 from tests.support.inprocess_gateway import serving
+from tests.support.local_backend import LocalBackend
 
 DEADLINE_S = 10
 WEB, READER, OPS = "web-channel-key-0123456789", "web-reader-key-0123456789", \
     "ops-admin-key-0123456789"
 KEYS = f"""keys:
-  - {{key: {WEB}, name: web, channel: web, scopes: [decide, respond, watch]}}
+  - {{key: {WEB}, name: web, channel: web, scopes: [decide, respond, watch, ingest]}}
   - {{key: {READER}, name: web-reader, channel: web, scopes: [decide, watch, profile:read]}}
   - {{key: {OPS}, name: ops, scopes: [admin, ingest, decide, profile:read]}}
 """
 EMAIL = pb.Alias(type="email", value="kei@example.org")
+ANON = "~email:kei@example.org"  # its anonymous id: the shard redirects it to kei (linked)
 
 
 def key(secret: str) -> list[tuple[str, str]]:
@@ -37,13 +46,18 @@ def key(secret: str) -> list[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def served():
     with serving(KEYS) as (gateway, channel):
-        stub = decision_pb2_grpc.DecisionServiceStub(channel)
-        opt_out = pb.Event(customer_id="kei", type="profile_updated", channel="web",
-                           attributes={"marketing_opt_in": wire.value_out(False)})
-        stub.Ingest(opt_out, timeout=DEADLINE_S, metadata=key(OPS))
-        stub.LinkIdentity(pb.LinkRequest(alias=EMAIL, customer_id="kei"), timeout=DEADLINE_S,
-                          metadata=key(OPS))
-        yield gateway, channel, stub
+        yield gateway, channel, kei_linked(channel)
+
+
+def kei_linked(channel: grpc.Channel) -> decision_pb2_grpc.DecisionServiceStub:
+    """A stub on `channel`, after customer kei opted out and was linked to EMAIL."""
+    stub = decision_pb2_grpc.DecisionServiceStub(channel)
+    opt_out = pb.Event(customer_id="kei", type="profile_updated", channel="web",
+                       attributes={"marketing_opt_in": wire.value_out(False)})
+    stub.Ingest(opt_out, timeout=DEADLINE_S, metadata=key(OPS))
+    stub.LinkIdentity(pb.LinkRequest(alias=EMAIL, customer_id="kei"), timeout=DEADLINE_S,
+                      metadata=key(OPS))
+    return stub
 
 
 def test_explain_is_refused_to_a_key_that_may_not_read_the_profile(served):
@@ -82,25 +96,102 @@ def test_a_decide_by_alias_names_the_alias_to_a_key_that_may_not_read_profiles(s
             pb.LEARNED_FROM_DECISION
 
 
-def test_a_watch_by_alias_names_the_alias_to_a_key_that_may_not_read_profiles(served):
+def test_a_decide_by_the_anonymous_id_names_it_to_a_key_that_may_not_read_profiles(served):
+    _, _, stub = served
+    by_id = pb.DecideRequest(customer_id=ANON, channel="web")  # answered for kei (redirect)
+    assert stub.Decide(by_id, timeout=DEADLINE_S, metadata=key(WEB)).customer_id == ANON
+    assert stub.Decide(by_id, timeout=DEADLINE_S, metadata=key(READER)).customer_id == "kei"
+
+
+@pytest.mark.parametrize("named", [{"alias": EMAIL}, {"customer_id": ANON}])
+def test_a_watch_by_alias_names_the_alias_to_a_key_that_may_not_read_profiles(served, named):
     gateway, _, stub = served
-    pushed = Decision(decision_id="d", customer_id="kei", channel="web", placement="hero",
-                      actions=(RankedAction(action_id="generic_welcome", group="g",
-                                            treatment="t", priority=1.0, propensity=0.5,
-                                            value=1.0, weight=1.0, lever=1.0),),
-                      catalog_version="v", model_version=1)
-    watches = {secret: stub.WatchDecisions(pb.WatchRequest(alias=EMAIL, channel="web"),
+    # as the shard pushes kei's decision to a sink that follows kei by the anonymous id too
+    pushed = Pushed(decision_id="d", customer_id="kei", channel="web", placement="hero",
+                    actions=(RankedAction(action_id="generic_welcome", group="g",
+                                          treatment="t", priority=1.0, propensity=0.5,
+                                          value=1.0, weight=1.0, lever=1.0),),
+                    catalog_version="v", model_version=1, also=(ANON,))
+    watches = {secret: stub.WatchDecisions(pb.WatchRequest(channel="web", **named),
                                            timeout=30, metadata=key(secret))
                for secret in (WEB, READER)}
     try:
         for watch in watches.values():
             watch.initial_metadata()
         gateway.loop.call_soon_threadsafe(gateway.gateway.watches.deliver, [pushed])
-        assert next(watches[WEB]).customer_id == "~email:kei@example.org"
+        assert next(watches[WEB]).customer_id == ANON
         assert next(watches[READER]).customer_id == "kei"
     finally:
         for watch in watches.values():
             watch.cancel()
+
+
+@pytest.mark.parametrize("named", [{"alias": EMAIL}, {"customer_id": ANON}])
+def test_an_ingests_decision_names_the_alias_to_a_key_that_may_not_read_profiles(served,
+                                                                                 named):
+    _, _, stub = served
+    events = [pb.Event(type="app_open", channel="web", decide_placement="hero", **named),
+              pb.Event(customer_id="kei", type="app_open", channel="web",
+                       decide_placement="hero")]
+    for secret, answered in ((WEB, ANON), (OPS, "kei")):
+        acks = [stub.Ingest(events[0], timeout=DEADLINE_S, metadata=key(secret)),
+                *stub.IngestStream(iter(events), timeout=DEADLINE_S, metadata=key(secret)),
+                *stub.IngestBatch(pb.EventBatch(events=events), timeout=DEADLINE_S,
+                                  metadata=key(secret)).acks]
+        assert [ack.decision.customer_id for ack in acks] == [answered, answered, "kei",
+                                                              answered, "kei"]
+
+
+def test_respond_by_the_answered_anonymous_id_once_the_redirect_is_gone(monkeypatch):
+    """The decision was issued to kei; the anonymous id a Decide by alias answered reaches it
+    as the alias does, not by the shard's redirect, which 4,096 later links evict."""
+    monkeypatch.setattr(identity, "REDIRECTS_PER_PARTITION", 0)
+    with serving(KEYS) as (_, channel):
+        stub = kei_linked(channel)
+        nobody = pb.Alias(type="email", value="nobody@example.org")  # linked to no one
+        for alias in (EMAIL, nobody):
+            decided = stub.Decide(pb.DecideRequest(alias=alias, channel="web"),
+                                  timeout=DEADLINE_S, metadata=key(WEB))
+            assert decided.customer_id == f"~email:{alias.value}"
+            outcome = pb.Outcome(customer_id=decided.customer_id, channel="web",
+                                 decision_id=decided.decision_id, outcome=pb.ACCEPT,
+                                 action_id=decided.actions[0].action_id)
+            assert stub.Respond(outcome, timeout=DEADLINE_S, metadata=key(WEB)).learned_from \
+                == pb.LEARNED_FROM_DECISION
+
+def test_a_responds_anonymous_id_is_taken_as_its_alias_and_any_other_id_as_named():
+    Who = requests.Who
+    assert requests.responding(Who(ANON, None)) == Who(None, "email:kei@example.org")
+    assert requests.responding(Who("~app:a:b", None)) == Who(None, "app:a:b")
+    for by_id in ("kei", "~", "~email", "~email:", "~Email:x", "~e mail:x"):  # no alias's
+        assert requests.responding(Who(by_id, None)) == Who(by_id, None)
+    assert requests.responding(Who(None, "email:x")) == Who(None, "email:x")
+
+
+class _DecidesLate(LocalBackend):
+    """A shard that reaches Decides `delay` seconds after they are sent; the rest at once."""
+
+    delay = 0.0
+
+    async def send(self, name, session, seq, requests, routed):
+        if any(getattr(r, "kind", None) == "decide" for r in requests):
+            await asyncio.sleep(self.delay)
+        return await super().send(name, session, seq, requests, routed)
+
+
+def test_a_fallback_by_alias_names_the_alias_to_every_key():
+    """The fallback was decided for no one: it names the alias as named, to a key with
+    profile:read as to one without (it named none to the former, the anonymous id to the
+    latter)."""
+    backend = _DecidesLate()
+    with serving(KEYS, backend) as (_, channel):
+        stub = kei_linked(channel)
+        backend.delay = 1.0
+        for secret in (WEB, READER):
+            shown = stub.Decide(pb.DecideRequest(alias=EMAIL, channel="web"), timeout=0.3,
+                                metadata=key(secret))
+            assert shown.fallback and shown.customer_id == ANON
+
 
 
 def test_reflection_describes_the_channels_services_and_not_adminservice(served):
