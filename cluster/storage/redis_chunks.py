@@ -4,40 +4,42 @@ snapshots (redis_snapshots.py). One Redis value is at most the server's proto-ma
 buffer limit drops its link, and the learner's posterior, or a partition's snapshot, may be
 longer.
 
-A value's keys are a family's (`Value`: "m" for meta, "s" for snapshots). A value up to a
-bound (meta: ONE_VALUE_BYTES; a snapshot: its chunk size) stays one string, `<prefix>:m:<key>`,
-as every value was before: an older Kairos reads and writes it as ever. A longer one is
-written in chunks (`stage`) under a generation of its own, `<prefix>:mc:<key>:<generation>:<n>`,
-then made the value by one MULTI/EXEC (`switch`) that sets its header `<prefix>:mh:<key>`
-(msgpack [generation, length, chunks, SHA-256]) and deletes the plain string (a snapshot's:
-sets its `stand_in`) and the previous generation's chunks; a plain value's write deletes the
-header and its chunks the same way. Both
-run under WATCH of the header and the pending generations (meta: `_switch`; a snapshot: with
-its journal's fence, redis_snapshots.py), so a concurrent save's switch is seen (looked at
-again) and no generation is left behind. A reader sees one save or another, never a mix: a
-chunk gone while it reads (a save switched meanwhile) makes it read the header again; a chunk
-gone under the current header, or chunks that do not add up to it, are StoreCorrupt.
+A value's keys are a family's (`Value`: "m" for meta, "s" for snapshots). A value up to
+ONE_VALUE_BYTES stays one string, `<prefix>:m:<key>`, as every value was before: an older
+Kairos reads and writes it as ever. A longer one is written in chunks (`stage`) under a
+generation of its own, `<prefix>:mc:<key>:<generation>:<n>`, then made the value by one
+MULTI/EXEC (`switch`) that sets its header `<prefix>:mh:<key>` (msgpack [generation, length,
+chunks, SHA-256]) and deletes the plain string (a snapshot's: sets its `stand_in`) and the
+previous generation's chunks; a plain value's write deletes the header and its chunks the same
+way. Both run under WATCH of the header and the pending generations (meta: `_switch`; a
+snapshot: with its journal's fence, redis_snapshots.py), so a concurrent save's switch is seen
+(looked at again) and no generation is left behind. A reader sees one save or another, never
+a mix: a chunk gone while it reads (a save switched meanwhile) makes it read the header again;
+a chunk gone under the current header, or chunks that do not add up to it, are StoreCorrupt.
+A snapshot whose stand-in is gone was removed (README, "Corruption"): it reads as none, and
+its chunks go with the partition's next save.
 
-A save that fails between chunks deletes its own; one killed there (or whose switch failed)
-leaves the previous value in place and its chunks unreferenced, but listed: while it writes,
-each generation is in the sorted set `<prefix>:mp:<key>` and keeps `<prefix>:ma:<key>:<generation>`
-alive, a key each chunk sets to expire in STALE_S by the server's clock (the hosts' may
-differ). The key's next save deletes, in one MULTI/EXEC under WATCH, the chunks of a generation
-whose key expired (`sweep`); a save that finds its generation so deleted fails
-(StoreUnavailable) rather than switch to it. The commands are those README lists for an ACL
-user."""
+A save that fails between chunks deletes its own, and so does one whose switch the server
+refused (`switching`: fenced, out of memory, its WATCH failing each try); one killed, or whose
+switch's reply was lost (it may have landed), leaves its chunks unreferenced, but listed: while
+it writes, each generation is in the sorted set `<prefix>:mp:<key>` and keeps
+`<prefix>:ma:<key>:<generation>` alive, a key each chunk sets to expire in STALE_S by the
+server's clock (the hosts' may differ). The key's next save first deletes, in one MULTI/EXEC
+under WATCH, the chunks of a generation still listed whose key expired (`sweep`); a save that
+finds its generation so deleted fails (StoreUnavailable) rather than switch to it. The
+commands are those README lists for an ACL user."""
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import msgpack
 import redis
 
 from kairos.cluster.storage import redis_replicas
-from kairos.cluster.storage.redis_errors import ERRORS
+from kairos.cluster.storage.redis_errors import ERRORS, ReplicasBehind
 from kairos.cluster.storage.store import StoreCorrupt, StoreUnavailable
 
 CHUNK_BYTES = 4 << 20  # one SET each: far below the value limit, sent well within a timeout
@@ -49,6 +51,10 @@ ONE_VALUE_BYTES = 256 << 20
 READ_BYTES = 16 << 20  # chunks' GETs sent together, as redis_store.py's PIPELINE_BYTES
 STALE_S = 600.0  # a generation not written to for this long is a killed save's
 READ_TRIES = 3  # reads a chunk gone to a newer save starts over (then StoreUnavailable)
+# how a switch fails that may have landed (its reply lost; the replicas not holding it in time
+# after it ran): its chunks, which a reader may then know, are left to the sweep
+MAYBE_LANDED = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                ReplicasBehind)
 
 
 class Value(NamedTuple):
@@ -74,10 +80,36 @@ class Staged(NamedTuple):
 
 def put(client: redis.Redis, value: Value, blob: bytes) -> None:
     """Store `blob` as `value`: the previous one stays readable until it is replaced whole."""
-    sweep(client, value, client.zrange(value.key("p"), 0, -1))
-    new = blob if len(blob) <= ONE_VALUE_BYTES else stage(client, value, blob, CHUNK_BYTES)
-    # a switch that fails leaves them to the sweep: it may have landed with its reply lost
-    _switch(client, value, new)
+    sweep_all(client, [value])
+    with switching(client) as staged:
+        _switch(client, value, written(client, value, blob, CHUNK_BYTES, staged))
+
+
+@contextlib.contextmanager
+def switching(client: redis.Redis) -> Iterator[list[tuple[Value, Staged]]]:
+    """A list for the chunks `written` stages, whose switch the block runs: deleted if it
+    fails where no switch landed (refused: fenced, out of memory, its WATCH failing each try;
+    or a later value failing to stage), left to the sweep where one may have (MAYBE_LANDED)
+    or the save was killed."""
+    staged: list[tuple[Value, Staged]] = []
+    try:
+        yield staged
+    except MAYBE_LANDED:
+        raise
+    except Exception:
+        for value, chunks in staged:
+            discard(client, value, chunks)
+        raise
+
+
+def written(client: redis.Redis, value: Value, blob: bytes, size: int,
+            staged: list[tuple[Value, Staged]]) -> bytes | Staged:
+    """What `switch` makes `value`: `blob` itself up to ONE_VALUE_BYTES, else its chunks of
+    `size`, staged (and added to `staged`)."""
+    if len(blob) <= ONE_VALUE_BYTES:
+        return blob
+    staged.append((value, stage(client, value, blob, size)))
+    return staged[-1][1]
 
 
 def stage(client: redis.Redis, value: Value, blob: bytes, size: int) -> Staged:
@@ -98,7 +130,8 @@ def stage(client: redis.Redis, value: Value, blob: bytes, size: int) -> Staged:
                 pipe.zrange(pending, 0, -1)
                 if member.encode() not in pipe.execute()[-1]:
                     raise swept(value)  # after this chunk's SET: the DEL below takes it too
-    except BaseException:  # still listed: a SET that lands after this DEL is swept later
+    except BaseException:  # a chunk this DEL misses (it failed; a SET whose reply was lost
+        # lands after it) is swept later while the generation is listed, else left for ever
         with contextlib.suppress(*ERRORS):
             client.delete(*_chunks(value, generation, count))
         raise
@@ -107,20 +140,22 @@ def stage(client: redis.Redis, value: Value, blob: bytes, size: int) -> Staged:
 
 
 def discard(client: redis.Redis, value: Value, staged: Staged) -> None:
-    """Delete chunks `stage` wrote that no switch names (else they are swept later)."""
+    """Delete chunks `stage` wrote that no switch names (else they are swept later). Not in
+    a MULTI, which a server out of memory refuses whole: the generation unlisted last, so a
+    DEL that fails leaves it to the sweep."""
     generation, _, count = staged.member.partition(":")
-    with contextlib.suppress(*ERRORS), client.pipeline(transaction=True) as tx:
-        tx.zrem(value.key("p"), staged.member)
-        tx.delete(_alive(value, generation), *_chunks(value, generation, int(count)))
-        tx.execute()
+    with contextlib.suppress(*ERRORS), client.pipeline(transaction=False) as pipe:
+        pipe.delete(_alive(value, generation), *_chunks(value, generation, int(count)))
+        pipe.zrem(value.key("p"), staged.member)
+        pipe.execute()
 
 
 def switch(value: Value, new: bytes | Staged, old: bytes | None, pending: list[bytes]
            ) -> list[tuple]:
     """The commands of one MULTI/EXEC that make `new` (a plain value, or chunks `stage` wrote)
-    the value and delete the header `old` and its chunks, given `old` and the `pending`
-    generations as read under WATCH of the header and the pending set (StoreUnavailable if
-    `new`'s generation was swept meanwhile)."""
+    the value and delete the header `old` and its chunks, given `old` and, for chunks, the
+    `pending` generations, as read under WATCH of the header and the pending set
+    (StoreUnavailable if `new`'s generation was swept meanwhile)."""
     if isinstance(new, Staged):
         if new.member.encode() not in pending:
             raise swept(value)
@@ -147,8 +182,10 @@ def get(client: redis.Redis, value: Value) -> bytes | None:
             plain, header = tx.execute()
         # this version never leaves both (one MULTI sets one and deletes the other, or sets the
         # stand-in): both are an older Kairos's SET after a rollback, over a header it does not
-        # know, so newer
-        if header is None or plain not in (None, value.stand_in):
+        # know, so newer; a header without its stand-in, an operator's removal (the module's
+        # text), whose chunks the next switch deletes with the header
+        if header is None or plain not in (None, value.stand_in) or \
+                plain is None and value.stand_in is not None:
             return plain
         assembled = _assemble(client, value, header)
         if assembled is not None:
@@ -201,10 +238,31 @@ def _switch(client: redis.Redis, value: Value, new: bytes | Staged) -> None:
                 continue
 
 
+def every_key(client: redis.Redis, value: Value) -> list[str]:
+    """The keys of `value` as it is now: its plain string, its header and the chunks that
+    names (deleted together, they leave no chunk behind)."""
+    header = client.get(value.key("h"))
+    if header is None:
+        return [value.key(), value.key("h")]
+    generation, _, count, _ = msgpack.unpackb(header)
+    return [value.key(), value.key("h"), *_chunks(value, generation, count)]
+
+
+def sweep_all(client: redis.Redis, values: list[Value]) -> None:
+    """`sweep` each of `values`, their pending generations read in one exchange."""
+    with client.pipeline(transaction=False) as pipe:
+        for value in values:
+            pipe.zrange(value.key("p"), 0, -1)
+        listed = pipe.execute()
+    for value, members in zip(values, listed):
+        sweep(client, value, members)
+
+
 def sweep(client: redis.Redis, value: Value, members: list[bytes]) -> None:
     """Delete the chunks of those pending generations, `members`, whose save was killed
-    (their key expired). Never a generation this process is still to switch to: its key is
-    alive while it writes, and deleted by its switch."""
+    (their key expired), if still pending when the delete runs: one a save just switched in
+    has no key either, and a header names its chunks. Never a generation this process is
+    still to switch to: its key is alive while it writes, and deleted by its switch."""
     if not members:
         return
     alive = [_alive(value, m.decode().partition(":")[0]) for m in members]
@@ -218,7 +276,7 @@ def sweep(client: redis.Redis, value: Value, members: list[bytes]) -> None:
         generation, _, count = member.decode().partition(":")
         with client.pipeline(transaction=True) as tx, contextlib.suppress(redis.WatchError):
             tx.watch(value.key("p"), mark)  # a chunk written or a switch meanwhile: kept
-            if tx.get(mark) is not None:
+            if tx.get(mark) is not None or member not in tx.zrange(value.key("p"), 0, -1):
                 continue
             tx.multi()
             tx.zrem(value.key("p"), member)  # in one EXEC with the DEL: a switch before or after

@@ -381,9 +381,9 @@ class RedisJournal(RedisReader):
         """Each batch an operator quarantined without the records `drop` selects, at its
         score (frames.py's `scrub_batch`: the rest is kept for the operator, and the score
         keeps the gap accepted); how many went. In one reply: a handful of damaged batches.
-        One the operator removed meanwhile stays removed: `guarded` cannot WATCH a sorted set
-        (it GETs what it watches), so the ZREM's reply tells, and the rewrite is taken back (a
-        crash between leaves it, without the records erased)."""
+        One the operator removed meanwhile stays removed: the ZREM's reply tells, and the
+        rewrite is taken back (a crash between leaves it, without the records erased), with no
+        WATCH of the quarantine, which any other batch moved into it would start over."""
         dropped, quarantine = 0, f"{self.key}:quarantine"
         for member, score in self.r.zrange(quarantine, 0, -1, withscores=True):
             scrubbed, gone = scrub_batch(member, int(score), drop, decode)

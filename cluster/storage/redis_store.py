@@ -3,8 +3,8 @@
 Keys, under a prefix (default "kairos", `?prefix=` in the URL) so clusters can share a server:
 
     <prefix>:c:<partition>       hash: customer id -> home blob
-    <prefix>:s:<partition>       string: the partition's snapshot (past a chunk: in chunks,
-                                 redis_snapshots.py)
+    <prefix>:s:<partition>       string: the partition's snapshot (one past 256 MiB: in
+                                 chunks, redis_snapshots.py)
     <prefix>:s:<partition>:lsn   string: msgpack [journal, LSN] of its newest one (store.py)
     <prefix>:j:<shard>           sorted set: journal batches, scored by their last LSN
     <prefix>:j:<shard>:last      string: the journal's last LSN (survives truncation)
@@ -152,6 +152,8 @@ class RedisLog:
             dropped += self._remove(oldest)
             if between_pages:
                 between_pages()
+        if not dropped:
+            self._held()
         self._if_empty(orphan)
         return dropped
 
@@ -166,7 +168,16 @@ class RedisLog:
             dropped += self._remove(page)
         if dropped:  # the ZREMs, and the members they name, stay in the AOF till a rewrite
             redis_aof.rewrite(self.r)
+        else:
+            self._held()
         return dropped
+
+    def _held(self) -> None:
+        """With replicas, ReplicasBehind unless they hold the log's earlier removals: a trim
+        or erasure removing nothing may retry one whose ZREMs ran and WAIT failed. A WAIT
+        covers only its connection's writes on Redis 7+ (redis_replicas.py): a DECRBY by 0."""
+        if redis_replicas.REPLICAS:
+            self._subtract(0)
 
     def _remove(self, members: list[bytes]) -> int:
         """Remove `members`, one ZREM each in one MULTI/EXEC, whose replies say which were
@@ -177,11 +188,15 @@ class RedisLog:
         again) goes with the log if the log is gone."""
         removed = _zrems(self.r, self.key, members)
         gone = [member for member, was in zip(members, removed) if was]
-        # WAITed for, the ZREMs with it: they came before it in the replication stream
-        if gone and redis_replicas.write(self.r, "DECRBY", f"{self.key}:bytes",
-                                         sum(map(_member_size, gone))) <= 0:
-            self._if_empty(orphan=False)
+        if gone:
+            self._subtract(sum(map(_member_size, gone)))
         return len(gone)
+
+    def _subtract(self, size: int) -> None:
+        """The count's DECRBY, WAITed for, with the ZREMs before it in the replication stream;
+        a count taken to 0 or below goes with the log if the log is gone (`_remove`)."""
+        if redis_replicas.write(self.r, "DECRBY", f"{self.key}:bytes", size) <= 0:
+            self._if_empty(orphan=False)
 
     def _if_empty(self, orphan: bool) -> None:
         """An empty log's count removed (0), and an `orphan`'s name; an append meanwhile

@@ -224,3 +224,35 @@ def test_a_save_that_resumes_after_its_chunks_were_swept_fails_and_keeps_the_val
     assert store.get_meta("learner") == before
     (generation,) = {k.split(b":")[-2] for k in _keys(store) if b":mc:" in k}  # before's
     assert msgpack.unpackb(store.r.get(f"{store.prefix}:mh:learner"))[0] == generation.decode()
+
+
+def test_a_sweep_keeps_a_generation_switched_in_after_it_was_read_pending(store, monkeypatch):
+    """A save's key goes with its switch, which also unlists it: a sweep that read it pending
+    before (another process's save of the key) must not take the chunks its header names."""
+    switch, captured = redis_chunks._switch, {}
+    monkeypatch.setattr(redis_chunks, "_switch", lambda *a: captured.update(a=a))
+    stalled = os.urandom(3 * CHUNK)
+    store.put_meta("learner", stalled)  # its chunks written, its switch not yet
+    value = redis_chunks.Value(store.prefix, "m", "learner")
+    read_pending = store.r.zrange(value.key("p"), 0, -1)
+    switch(*captured["a"])
+    redis_chunks.sweep(store.r, value, read_pending)
+    assert store.get_meta("learner") == stalled
+
+
+def test_a_switch_the_server_refuses_deletes_its_chunks(store, redis_server, monkeypatch):
+    before = os.urandom(2 * CHUNK + 1)
+    store.put_meta("learner", before)
+    kept, admin, switch = _keys(store), redis_server.client(), redis_chunks._switch
+    limit = admin.config_get("maxmemory")["maxmemory"]
+
+    def full_at_the_switch(*args):
+        admin.config_set("maxmemory", admin.info("memory")["used_memory"] // 2)
+        return switch(*args)
+    monkeypatch.setattr(redis_chunks, "_switch", full_at_the_switch)
+    try:
+        with pytest.raises(StoreUnavailable, match="used memory > 'maxmemory'"):
+            store.put_meta("learner", os.urandom(3 * CHUNK))
+    finally:
+        admin.config_set("maxmemory", limit)
+    assert store.get_meta("learner") == before and _keys(store) == kept

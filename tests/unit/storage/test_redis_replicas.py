@@ -20,7 +20,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from kairos.cluster.shard import decisionlog
-from kairos.cluster.storage import redis_replicas, redis_snapshots
+from kairos.cluster.storage import redis_chunks, redis_replicas, redis_snapshots
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.redis_errors import ReplicasBehind
 from kairos.cluster.storage.redis_journal import RedisJournal
@@ -498,6 +498,7 @@ def test_the_log_writer_counts_a_write_the_replica_does_not_hold_and_goes_on(pai
 def test_a_snapshot_in_chunks_is_held_by_the_replica_when_acknowledged(pair, monkeypatch):
     """One WAIT, after the switch: the chunks written before it are in the replica then."""
     primary, replica = pair
+    monkeypatch.setattr(redis_chunks, "ONE_VALUE_BYTES", 1000)
     monkeypatch.setattr(redis_snapshots, "SNAPSHOT_CHUNK_BYTES", 1000)
     store, big = open_store(f"{primary.url}?prefix=chunked"), os.urandom(3500)
     store.own_journal("s0", "inc-1", claim=True)
@@ -505,3 +506,42 @@ def test_a_snapshot_in_chunks_is_held_by_the_replica_when_acknowledged(pair, mon
     store.put_snapshots({1: big}, unless_fenced="s0", lsn=1)
     assert waits(primary) - before == 1
     assert open_store(f"{replica.url}?prefix=chunked").get_snapshot(1) == big
+
+
+@pytest.mark.parametrize("write", ["erase", "trim"])
+def test_a_removal_retried_while_the_replica_is_away_is_still_not_done(pair, write):
+    """A removal whose ZREMs ran but whose WAIT failed, tried again while the replica is still
+    away, finds nothing left to remove: it fails until the replica holds what went."""
+    primary, replica = pair
+    log = open_store(f"{primary.url}?prefix=log-again-{write}").decision_log("s0")
+    log.append([(1.0, "ana", b"a"), (2.0, "bob", b"b")])
+    remove = {"erase": lambda: log.erase({"ana"}),
+              "trim": lambda: log.trim(before=1.5, max_bytes=1 << 20)}[write]
+    detach(primary, replica)
+    try:
+        with behind():
+            for _ in range(2):
+                with pytest.raises(ReplicasBehind, match=BEHIND):
+                    remove()
+    finally:
+        attach(primary, replica)
+    assert remove() == 0 and [c for _, c, _ in log.read(0.0, 9.0)] == ["bob"]
+
+
+def test_an_erasure_retried_while_the_replica_is_away_is_kept_to_erase(pair):
+    """The shard's log writer tries a failed erasure again with the next trim: while the
+    replica is away, the customer stays to erase (a failover would bring the entries back)."""
+    primary, replica = pair
+    store, counts = open_store(f"{primary.url}?prefix=log-erase-again"), Counter()
+    writer = decisionlog.LogWriter(store, "s0", counts)
+    writer.submit([(1.0, "ana", b"a"), (2.0, "bob", b"b")], set())
+    detach(primary, replica)
+    try:
+        with behind():
+            writer.submit([], {"ana"})
+            writer.submit([], set(), (0.0, 1 << 30))  # the next trim tries it again
+            assert writer.unerased() == {"ana"} and "ana" not in writer.erased()
+    finally:
+        attach(primary, replica)
+    writer.submit([], set(), (0.0, 1 << 30))
+    assert writer.unerased() == set() and "ana" in writer.erased()

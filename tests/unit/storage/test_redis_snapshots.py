@@ -4,6 +4,10 @@ leaving the previous snapshot, an older Kairos's one-value snapshot still read."
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
@@ -23,10 +27,17 @@ CHUNK = 1 << 19  # 512 KiB: the server below takes no value past 1 MiB
 @pytest.fixture
 def store(redis_server, request, monkeypatch):
     """A store whose server refuses values past 1 MiB (its least proto-max-bulk-len), as
-    512 MiB refuses a partition's largest snapshots, with snapshot chunks of CHUNK."""
+    512 MiB refuses a partition's largest snapshots, with snapshots past CHUNK (as past
+    ONE_VALUE_BYTES) in chunks of CHUNK."""
     redis.Redis.from_url(redis_server.url).config_set("proto-max-bulk-len", 1 << 20)
-    monkeypatch.setattr(redis_snapshots, "SNAPSHOT_CHUNK_BYTES", CHUNK)
+    small_values(monkeypatch, CHUNK, CHUNK)
     return RedisStore(f"{redis_server.url}?prefix=sn{abs(hash(request.node.name))}")
+
+
+def small_values(monkeypatch, one_value: int, chunk: int) -> None:
+    """Snapshots past `one_value` bytes in chunks of `chunk` (256 MiB and 16 MiB)."""
+    monkeypatch.setattr(redis_chunks, "ONE_VALUE_BYTES", one_value)
+    monkeypatch.setattr(redis_snapshots, "SNAPSHOT_CHUNK_BYTES", chunk)
 
 
 def _keys(store: RedisStore) -> list[bytes]:
@@ -165,7 +176,7 @@ def test_an_acl_user_limited_to_kairos_commands_saves_and_reads_chunked_snapshot
         guarded_redis, monkeypatch):  # noqa: F811 (the fixture)
     store = RedisStore(f"redis://kairos:user-secret@127.0.0.1:{guarded_redis.port}/0"
                        f"?prefix=acl:snapshots")
-    monkeypatch.setattr(redis_snapshots, "SNAPSHOT_CHUNK_BYTES", 1000)
+    small_values(monkeypatch, 1000, 1000)
     store.own_journal("s0", "inc-1", claim=True)
     for lsn, value in enumerate((os.urandom(3500), os.urandom(2100), b"small",
                                  os.urandom(1001)), 1):
@@ -188,11 +199,144 @@ def test_an_acl_user_limited_to_kairos_commands_saves_and_reads_chunked_snapshot
     assert store.get_snapshot(1) == b"x"
 
 
-def test_a_chunk_gone_is_corrupt_and_says_what_to_remove(store):
-    store.put_snapshots({1: os.urandom(2 * CHUNK + 1)})
+def test_a_chunk_gone_is_corrupt_and_names_every_key_to_remove(store):
+    """The DEL it names takes the stand-in, the header and every chunk: none left for ever."""
+    store.put_snapshots({1: os.urandom(8 * CHUNK + 1)})
     store.r.delete(_chunk_keys(store)[1])
-    with pytest.raises(StoreCorrupt, match=rf"chunk 1 of the 3 .* missing.*`DEL "
-                                           rf"{store.prefix}:s:1 {store.prefix}:sh:1`"):
+    with pytest.raises(StoreCorrupt, match=r"chunk \d of the 9 .* missing") as caught:
         store.get_snapshot(1)
-    store.r.delete(f"{store.prefix}:s:1", f"{store.prefix}:sh:1")  # the operator's way out
+    removal = re.search(r"`DEL ([^`]*)`", str(caught.value)).group(1).split()
+    assert removal[:2] == [f"{store.prefix}:s:1", f"{store.prefix}:sh:1"]
+    assert len(removal) == 2 + 9 and set(_chunk_keys(store)) < {k.encode() for k in removal}
+    store.r.delete(*removal)  # the operator's way out
+    assert store.get_snapshot(1) is None and _keys(store) == []
+
+
+def test_the_readmes_del_of_the_snapshot_removes_one_in_chunks_and_its_chunks_go_later(store):
+    """README, "Corruption": `DEL <prefix>:s:<N>` (a snapshot whose seal fails in recovery
+    reads back whole here): it then reads as none, and the next save takes its chunks."""
+    store.put_snapshots({1: os.urandom(3 * CHUNK)})
+    store.r.delete(f"{store.prefix}:s:1")
     assert store.get_snapshot(1) is None
+    store.put_snapshots({1: b"rebuilt"})
+    assert store.get_snapshot(1) == b"rebuilt"
+    assert _keys(store) == [f"{store.prefix}:s:1".encode()]
+
+
+def test_a_snapshot_up_to_one_value_bytes_stays_one_value_past_a_chunk(store, monkeypatch):
+    """An older Kairos, after a rollback, reads any snapshot it could have written itself:
+    only one past ONE_VALUE_BYTES (256 MiB) is in chunks (of KAIROS_REDIS_SNAPSHOT_CHUNK)."""
+    small_values(monkeypatch, 2 * CHUNK, CHUNK // 2)
+    kept, chunked = os.urandom(2 * CHUNK), os.urandom(2 * CHUNK + 1)
+    store.put_snapshots({1: kept, 2: chunked})
+    assert store.r.get(f"{store.prefix}:s:1") == kept  # an older Kairos's get_snapshot
+    assert store.get_snapshot(2) == chunked
+    assert len(_chunk_keys(store)) == 5  # of CHUNK // 2
+
+
+def test_a_sweep_keeps_the_chunks_of_a_save_switched_in_after_it_read_them_pending(
+        store, monkeypatch):
+    """Two owners of a partition at once (handoff.py: an adopt whose call timed out still runs
+    on B while A, thawed, checkpoints): A stages; B's sweep reads A's generation pending, its
+    key gone (A's switch deleted it with the generation's listing): B must keep A's chunks,
+    which A's header names."""
+    store.own_journal("s0", "a", claim=True)
+    store.own_journal("s1", "b", claim=True)
+    a_store = RedisStore(store.url)
+    a_store.own_journal("s0", "a", claim=False)
+    guarded, sweep = redis_snapshots.guarded, redis_chunks.sweep
+    staged, may_switch, read = threading.Event(), threading.Event(), []
+    a_blob, b_blob = os.urandom(3 * CHUNK), os.urandom(3 * CHUNK)
+
+    def a_switches_when_told(*args, **kwargs):
+        if threading.current_thread().name == "A":
+            staged.set()
+            may_switch.wait(10)
+        return guarded(*args, **kwargs)
+
+    def b_sweeps_after_a_switched(client, value, members):
+        if threading.current_thread().name == "A" or not members:
+            return sweep(client, value, members)
+        may_switch.set()
+        a.join(10)
+        sweep(client, value, members)
+        read.append(store.get_snapshot(1))  # before B's own switch replaces it
+    monkeypatch.setattr(redis_snapshots, "guarded", a_switches_when_told)
+    monkeypatch.setattr(redis_chunks, "sweep", b_sweeps_after_a_switched)
+    a = threading.Thread(target=a_store.put_snapshots, args=({1: a_blob},),
+                         kwargs={"unless_fenced": "s0", "lsn": 1}, name="A")
+    a.start()
+    assert staged.wait(10)
+    store.put_snapshots({1: b_blob}, unless_fenced="s1", lsn=1)
+    assert read == [a_blob]
+    assert store.get_snapshot(1) == b_blob and len(_chunk_keys(store)) == 3
+
+
+def test_a_switch_the_server_refuses_deletes_its_chunks(store, redis_server, monkeypatch):
+    """Out of memory at the switch (nothing landed): the save's chunks, listing and key go,
+    and so do those a later value of the same write failed to stage after an earlier's."""
+    before = os.urandom(2 * CHUNK + 5)
+    store.put_snapshots({1: before})
+    kept, admin, guarded = _keys(store), redis_server.client(), redis_snapshots.guarded
+    limit = admin.config_get("maxmemory")["maxmemory"]
+
+    def full_at_the_switch(*args, **kwargs):
+        admin.config_set("maxmemory", admin.info("memory")["used_memory"] // 2)
+        return guarded(*args, **kwargs)
+    monkeypatch.setattr(redis_snapshots, "guarded", full_at_the_switch)
+    try:
+        with pytest.raises(StoreUnavailable, match="used memory > 'maxmemory'"):
+            store.put_snapshots({1: os.urandom(4 * CHUNK)})
+    finally:
+        admin.config_set("maxmemory", limit)
+    monkeypatch.setattr(redis_snapshots, "guarded", guarded)
+    assert store.get_snapshot(1) == before and _keys(store) == kept
+    chunk, failed = redis_chunks._chunk, []
+
+    def the_seconds_fails(value, generation, n):  # once: not the clean-up's
+        if value.name == "2" and n == 1 and not failed:
+            failed.append(n)
+            raise redis.exceptions.ResponseError("OOM command not allowed")
+        return chunk(value, generation, n)
+    monkeypatch.setattr(redis_chunks, "_chunk", the_seconds_fails)
+    with pytest.raises(StoreUnavailable, match="OOM"):
+        store.put_snapshots({1: os.urandom(3 * CHUNK), 2: os.urandom(3 * CHUNK)})
+    assert store.get_snapshot(1) == before
+    assert [k for k in _keys(store) if k.split(b":")[2] != b"2"] == kept  # 2's: stage's
+    assert _chunk_keys(store) == [k for k in kept if b":sc:" in k]
+
+
+def test_a_dead_saves_chunks_are_swept_before_a_save_that_is_refused(store, monkeypatch):
+    """The sweep comes first: a partition whose saves keep failing (a fenced writer here; a
+    server out of memory, which a dead save's chunks may fill) still loses its dead ones."""
+    store.own_journal("s0", "inc-1", claim=True)
+    heir = os.urandom(2 * CHUNK + 5)
+    store.put_snapshots({1: heir}, unless_fenced="s0", lsn=1)
+    kept, chunk = _keys(store), redis_chunks._chunk
+
+    def dies_at_the_second(value, generation, n):
+        if n == 1:
+            raise KeyboardInterrupt("killed")
+        return chunk(value, generation, n)
+    with monkeypatch.context() as killed, pytest.raises(KeyboardInterrupt):
+        killed.setattr(redis_chunks, "_chunk", dies_at_the_second)
+        killed.setattr(store.r, "delete", lambda *keys: None)  # no clean-up either
+        store.put_snapshots({1: os.urandom(3 * CHUNK)}, unless_fenced="s0", lsn=2)
+    (alive,) = [k for k in _keys(store) if b":sa:" in k]
+    store.r.pexpire(alive, 1)  # STALE_S passed by the server's clock
+    time.sleep(0.05)
+    store.fence_journal("s0")
+    with pytest.raises(JournalFenced):
+        store.put_snapshots({1: os.urandom(3 * CHUNK)}, unless_fenced="s0", lsn=3)
+    assert store.get_snapshot(1) == heir
+    assert _keys(store) == sorted([*kept, f"{store.prefix}:j:s0:fenced".encode()])
+
+
+@pytest.mark.parametrize("env, said", [
+    ({"KAIROS_REDIS_SNAPSHOT_CHUNK": str((1 << 20) - 1)},
+     "KAIROS_REDIS_SNAPSHOT_CHUNK must be >= 1048576 and <= 67108864"),
+    ({"KAIROS_REDIS_SNAPSHOT_CHUNK": "16MiB"}, "KAIROS_REDIS_SNAPSHOT_CHUNK must be an integer")])
+def test_a_snapshot_chunk_out_of_bounds_is_refused_at_start(env, said):
+    done = subprocess.run([sys.executable, "-c", "import kairos.cluster.settings"],
+                          env={**os.environ, **env}, capture_output=True, text=True)
+    assert done.returncode != 0 and said in done.stderr
