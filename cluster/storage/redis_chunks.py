@@ -11,11 +11,12 @@ generation of its own, `<prefix>:mc:<key>:<generation>:<n>`, then made the value
 MULTI/EXEC (`switch`) that sets its header `<prefix>:mh:<key>` (msgpack [generation, length,
 chunks, SHA-256]) and deletes the plain string (a snapshot's: sets its `stand_in`) and the
 previous generation's chunks; a plain value's write deletes the header and its chunks the same
-way. Both run under WATCH of the header and the pending generations (meta: `_switch`; a
-snapshot: with its journal's fence, redis_snapshots.py), so a concurrent save's switch is seen
-(looked at again) and no generation is left behind. A reader sees one save or another, never
-a mix: a chunk gone while it reads (a save switched meanwhile) makes it read the header again;
-a chunk gone under the current header, or chunks that do not add up to it, are StoreCorrupt.
+way. Both run under WATCH of the header and (a switch to chunks) the pending generations
+(meta: `_switch`; a snapshot: with its journal's fence, redis_snapshots.py), so a concurrent
+save's switch is seen (looked at again) and no generation is left behind. A reader sees one
+save or another, never a mix: a chunk gone while it reads (a save switched meanwhile) makes it
+read the header again; a chunk gone under the current header, or chunks that do not add up to
+it, are StoreCorrupt.
 A snapshot whose stand-in is gone was removed (README, "Corruption"): it reads as none, and
 its chunks go with the partition's next save.
 
@@ -180,12 +181,11 @@ def get(client: redis.Redis, value: Value) -> bytes | None:
             tx.get(value.key())
             tx.get(value.key("h"))
             plain, header = tx.execute()
-        # this version never leaves both (one MULTI sets one and deletes the other, or sets the
-        # stand-in): both are an older Kairos's SET after a rollback, over a header it does not
-        # know, so newer; a header without its stand-in, an operator's removal (the module's
-        # text), whose chunks the next switch deletes with the header
-        if header is None or plain not in (None, value.stand_in) or \
-                plain is None and value.stand_in is not None:
+        # in chunks only with the header and the stand-in (or, without one, no plain string:
+        # one MULTI sets them): a plain string besides is an older Kairos's SET after a
+        # rollback, over a header it does not know, so newer; a snapshot's stand-in gone, an
+        # operator's removal (the module's text), whose chunks the next switch deletes
+        if header is None or plain != value.stand_in:
             return plain
         assembled = _assemble(client, value, header)
         if assembled is not None:
