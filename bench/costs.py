@@ -7,7 +7,8 @@ shard, outcome state included, and the safeguards' probes (bench/safeguards.py):
 table's compaction pass, a customer block's checks, the gateway's sender check and a Redis
 replica's WAIT on a journal append.
 
-    python -m bench.costs           # every probe, sized to take about 150 s on 2 cores
+    python -m bench.costs           # every probe: about 160 s on 2 idle cores (an estimate
+                                    # from each probe's run alone; 298 s on 2 shared, loaded)
     python -m bench.costs --quick   # seconds (the test suite uses it so it never rots)
 
 Writes bench/results/costs-<time>.json (each probe's inputs and, per figure, the median and
@@ -20,7 +21,6 @@ import asyncio
 import gc
 import json
 import math
-import os
 import pickle
 import random
 import statistics
@@ -52,14 +52,14 @@ from kairos.cluster.transport import pinned
 from kairos.cluster.transport.dataplane import PlaneConnection, PlaneServer
 from kairos.core.catalog import MAX_SELECTION_WORK, SELECTION_DRAW_PASSES, load_catalog
 from kairos.core.catalog import default_catalog_text
-from kairos.core.compiler import CompiledCatalog, compile_catalog, default_compiled
+from kairos.core.compiler import CompiledCatalog, compile_catalog
 from kairos.core.decision import Decision
 from kairos.core.engine import DecisionEngine
 
 from . import quickrun, safeguards
-from .quickrun import spread
 from .kernel import bytes_per_customer
-from .safeguards import PARTITIONS, RECORD, added, per_call_us
+from .quickrun import (CART_TIMER_S, PARTITIONS, RECORD, added, bench_shard, carts, customer_id,
+                       per_call_us, redis_probe, spread)
 from .workload import T0, catalog_with_actions, random_event, senders_within, yaml_doc, yaml_text
 
 Probe = Callable[[bool], dict[str, Any]]
@@ -127,7 +127,6 @@ def selection_bound(quick: bool) -> dict[str, Any]:
 
 # -- 2. timer firings per tick ------------------------------------------------------------------
 
-CART_TIMER_S = 1800.0  # the default catalog's cart_abandoned: 30 minutes after add_to_cart
 BURST = 70_000  # the README's burst of timers due at once
 
 
@@ -139,14 +138,6 @@ class Clock:
         return self.now
 
 
-def carts(customers: range, at: float) -> list[Event]:
-    """An add_to_cart for each customer: each arms its cart_abandoned timer."""
-    return [Event(partition=partition_of(f"c{k}", PARTITIONS), customer_id=f"c{k}",
-                  event_type="add_to_cart", time=at,
-                  attributes={"product_id": "tv", "category": "electronics", "price": 199.0})
-            for k in customers]
-
-
 def timer_ticks(quick: bool) -> dict[str, Any]:
     """Wall ms of a shard's tick firing TICK_FIRE_LIMIT due timers (journaled to a directory
     store, fsynced as a shard's journal is), and what that makes: a tick every TICK_S after
@@ -156,9 +147,7 @@ def timer_ticks(quick: bool) -> dict[str, Any]:
     customers = ticks * TICK_FIRE_LIMIT
     clock = Clock(T0)
     with tempfile.TemporaryDirectory() as root:
-        # never idle long enough to passivate: a sleeper's wake is a cost of its own
-        shard = Shard("bench", default_compiled(), range(PARTITIONS), PARTITIONS,
-                      store=DirectoryStore(root), clock=clock, idle_s=10 * CART_TIMER_S)
+        shard = bench_shard(root, clock)
         for k in range(0, customers, TICK_FIRE_LIMIT):
             shard.process(carts(range(k, min(k + TICK_FIRE_LIMIT, customers)), T0))
         clock.now = T0 + CART_TIMER_S - 1
@@ -217,14 +206,13 @@ DECISION_RECORD_BYTES = 3449  # a default-catalog record's mean (bench.decision_
 LOG_RECORD_SIZES = (200, 1000, DECISION_RECORD_BYTES)
 
 
+@redis_probe
 def redis_log_trim(quick: bool) -> dict[str, Any]:
     """Wall µs per entry of a Redis decision log's trim removing everything logged (a page's
     read, its ZREMs in one MULTI/EXEC, the size's DECRBY), and of the ZREMs alone, per record
     size, on an otherwise idle redis-server the harness starts as the tests do (durable: an
     append-only file fsynced every write); and what trimming DECISION_LOG_MAX_BYTES of such
     entries (as entry_size counts them) takes at that rate."""
-    if not os.path.exists(redis_server.EXECUTABLE):
-        return {"skipped": f"no redis-server ({redis_server.EXECUTABLE})"}
     repeats, entries = (2, 1000) if quick else (8, 10_000)
     figures: dict[str, Any] = {}
     logged = trimmed = zremmed = 0
@@ -675,8 +663,8 @@ def _freed(held: dict) -> int:
 def _customer(k: int) -> dict[str, Any]:
     """A request's customer and partition, the id made anew each time, as each request
     brings its own."""
-    customer_id = f"c{k:09d}"
-    return {"partition": partition_of(customer_id, PARTITIONS), "customer_id": customer_id}
+    customer = customer_id(k)
+    return {"partition": partition_of(customer, PARTITIONS), "customer_id": customer}
 
 
 def _evented(shard: Shard, customers: range, rng: random.Random) -> None:
@@ -709,12 +697,10 @@ def customer_bytes(quick: bool) -> dict[str, Any]:
     emptied; the memo keeps the last 100,000 decisions, whoever's); and bench.kernel's
     profile row and index beside it."""
     customers = 256 if quick else 4096
-    compiled = default_compiled()
     rng, clock = random.Random(17), Clock(T0)
     shown = taken = 0
     with tempfile.TemporaryDirectory() as root:
-        shard = Shard("bench", compiled, range(PARTITIONS), PARTITIONS,
-                      store=DirectoryStore(root), clock=clock, idle_s=10 * CART_TIMER_S)
+        shard = bench_shard(root, clock)
         row = _row_bytes(shard)
         # a few others first, untraced: what a shard allocates once (caches, the journal's
         # buffers) is no customer's. Few: a dict they filled grows traced, wholly counted
@@ -745,7 +731,7 @@ def customer_bytes(quick: bool) -> dict[str, Any]:
            "answered": row + (answered - base) / customers,
            "answer_added": (answered - evented) / customers,
            **{name: n / customers for name, n in held.items()},
-           "profile_row_and_index": bytes_per_customer(compiled, customers)}
+           "profile_row_and_index": bytes_per_customer(shard.compiled, customers)}
     return {"inputs": {"catalog": "default", "customers": customers,
                        "warm_customers": len(warm), "resident": resident,
                        "events_each": EVENTS_EACH, "round": ROUND, "store": "directory",

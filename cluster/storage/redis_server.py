@@ -44,6 +44,10 @@ class RedisTls:
     admin_client: tuple[Path, Path] | None = None
 
 
+class DidNotStart(RuntimeError):
+    """redis-server exited or did not answer within START_TIMEOUT_S (its port taken, say)."""
+
+
 def tls_executable() -> str:
     path = shutil.which(TLS_EXECUTABLE_NAME)
     if path is None:
@@ -153,7 +157,8 @@ class RedisServer:
                 return self
             except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError):
                 if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server did not start on port {self.port}")
+                    self.stop()  # one that runs but never answered: `with` calls no __exit__
+                    raise DidNotStart(f"redis-server did not start on port {self.port}")
                 time.sleep(0.05)
 
     def replicate(self, primary: "RedisServer") -> bool:
