@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable
 
 import grpc
 
@@ -101,12 +101,26 @@ class DecisionService(Ingesting, decision_pb2_grpc.DecisionServiceServicer):
                 self.gateway.timeout(context))
         except (Denied, InputError, TimeoutError) as exc:
             await abort(context, exc)
-        learned = await self.gateway.call(context, self.gateway.as_customer(
-            checked.who, lambda customer_id: self.client.respond(
-                customer_id, checked.action_id, checked.channel, checked.outcome,
-                checked.time, checked.decision_id, checked.value, checked.idempotency_key,
-                checked.who.via(customer_id))))
+        learned = await self.gateway.call(context, self._learned(checked))
         return pb.OutcomeAck(learned_from=LEARNED_FROM.get(learned, pb.LEARNED_FROM_UNSPECIFIED))
+
+    async def _learned(self, checked: requests.OutcomeRequest) -> str:
+        """What the models learned from a Respond's outcome, sent as named; one by an alias's
+        anonymous id whose shard found its decision issued to none of the ids it tried, sent
+        again as the alias (`requests.retried_as_alias`)."""
+        try:
+            return await self._respond(checked)
+        except InputError as exc:
+            alias = requests.retried_as_alias(checked.who, exc)
+            if alias is None:
+                raise
+        return await self._respond(checked._replace(who=alias))
+
+    def _respond(self, checked: requests.OutcomeRequest) -> Awaitable[str]:
+        return self.gateway.as_customer(checked.who, lambda customer_id: self.client.respond(
+            customer_id, checked.action_id, checked.channel, checked.outcome, checked.time,
+            checked.decision_id, checked.value, checked.idempotency_key,
+            checked.who.via(customer_id)))
 
     async def GetRoutes(self, request: pb.RoutesRequest, context) -> pb.Routes:
         version, partitions, endpoints, owners = await self.gateway.routes()

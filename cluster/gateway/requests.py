@@ -10,8 +10,10 @@ Every id a caller sends has a length cap (customer ids, aliases, idempotency key
 decision ids, event types, action ids), checked here on every RPC, so nothing unbounded is
 kept in memory, journals or snapshots; and those it names a customer or a request by hold no
 control characters (`check_plain`), so none is taken for an id the cluster makes itself.
-An alias's anonymous id ("~type:value") stands for the alias where a key without profile:read
-was answered it: the customer an answer names (`alias_answered`), and a Respond's (`responding`).
+An alias's anonymous id ("~type:value") is whom an answer to a request by the alias, or by
+that id, names to a key without profile:read (`alias_answered`). A Respond by it, from any key,
+goes to the anonymous customer it names, and again as the alias only where that customer's
+shard refuses it as a decision issued to none of the ids it tried (`retried_as_alias`).
 """
 from __future__ import annotations
 
@@ -34,6 +36,9 @@ from kairos.cluster.settings import CLOCK_SKEW_S, OUTCOME_WINDOW_S
 from kairos.cluster.shard.outcomes import issued_at
 
 PROFILE_SCOPE = "profile:read"  # what the customer's profile holds: which aliases are theirs
+# how a shard refuses an outcome whose decision was issued to none of the ids it tried, none
+# of them having shown the action (shard/outcomes.py `DecisionSeal.opened`, field decision_id)
+NOT_ISSUED = "no decision issued to this customer showed"
 
 
 class Who(NamedTuple):
@@ -88,20 +93,25 @@ def named_id(who: Who) -> str | None:
     return who.customer_id if who.alias_key is None else anonymous_id(who.alias_key)
 
 
-def responding(who: Who) -> Who:
-    """Whom a Respond names: an alias's anonymous id ("~type:value", what a Decide by the alias
-    answered, `alias_answered`) as that alias, resolved through the directory as a Respond by
-    the alias is. The decision may have been issued to the customer the alias is linked to,
-    whose shard finds it from the alias (`Who.via`); the anonymous id's shard sends it there
-    only while its redirect lasts (identity.REDIRECTS_PER_PARTITION), then refuses it. Any
-    other id as named."""
-    if who.customer_id is None or not who.customer_id.startswith(ANONYMOUS):
-        return who
+def retried_as_alias(who: Who, refused: InputError) -> Who | None:
+    """Whom a Respond the shard refused is sent again as: one by an alias's anonymous id
+    ("~type:value"), refused because no decision issued to any id the shard tried showed the
+    action (NOT_ISSUED), as that alias, resolved through the directory as a Respond by the
+    alias is. A Decide by the alias answers a key without profile:read that id
+    (`alias_answered`) for a decision issued to the customer the alias is linked to, whose
+    shard finds it from the alias (`Who.via`); the id's own shard sends it there only while
+    its redirect lasts (identity.REDIRECTS_PER_PARTITION), and once that is gone, holds the
+    alias's own decisions alone (a visitor never linked, or a fresh anonymous profile by the
+    id), which the first try, by the id as named, reaches. None: the refusal stands (another
+    refusal, an id not of an alias's form, a Respond by alias)."""
+    if refused.field != "decision_id" or not refused.reason.startswith(NOT_ISSUED) or \
+            who.customer_id is None or not who.customer_id.startswith(ANONYMOUS):
+        return None
     alias_type, _, value = who.customer_id[len(ANONYMOUS):].partition(":")
     try:
         return Who(None, alias_key(alias_type, value))
-    except InputError:  # not an alias's: the shard's to answer, by id
-        return who
+    except InputError:  # not an alias's
+        return None
 
 
 def named(message) -> str:
@@ -295,7 +305,7 @@ def outcome_request(request: pb.Outcome, catalog: CompiledCatalog) -> OutcomeReq
     # the shard's engine checks the value (a convert's, in range) before anything is kept
     value = request.value if request.HasField("value") else None
     check_key(request.idempotency_key, "idempotency_key", MAX_KEY_LENGTH)
-    return OutcomeRequest(responding(customer), request.action_id, request.channel, outcome,
+    return OutcomeRequest(customer, request.action_id, request.channel, outcome,
                           outcome_time(request),
                           None if request.offline else request.decision_id, value,
                           request.idempotency_key or None)

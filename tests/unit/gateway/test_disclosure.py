@@ -4,9 +4,9 @@ their consent, the rules their profile failed) is refused to them; a Decide, a w
 ingest's decision by alias, or by the alias's anonymous id ("~type:value"), answers them the id
 as named, never the id of the customer the alias is linked to (which would make any decide key
 an oracle of whose aliases are whose), and a fallback the id as named to every key; a Respond
-by the anonymous id a Decide answered reaches the decision once the shard's redirect is gone;
-and reflection, open without a key, neither
-lists nor describes AdminService."""
+by an anonymous id reaches the decision it names: the anonymous profile's own, first (while a
+link is under way, and once the shard's redirect is gone), else the one a Decide by the alias
+answered; and reflection, open without a key, neither lists nor describes AdminService."""
 from __future__ import annotations
 
 import asyncio
@@ -21,6 +21,7 @@ from kairos.cluster import identity
 from kairos.cluster.gateway import requests, wire
 from kairos.cluster.shard.watches import Pushed
 from kairos.core.decision import RankedAction
+from kairos.core.errors import InputError
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
@@ -58,6 +59,12 @@ def kei_linked(channel: grpc.Channel) -> decision_pb2_grpc.DecisionServiceStub:
     stub.LinkIdentity(pb.LinkRequest(alias=EMAIL, customer_id="kei"), timeout=DEADLINE_S,
                       metadata=key(OPS))
     return stub
+
+
+def accepted(decision: pb.Decision, **named) -> pb.Outcome:
+    """An accept of the decision's first action, on web, naming the customer as `named` does."""
+    return pb.Outcome(channel="web", decision_id=decision.decision_id, outcome=pb.ACCEPT,
+                      action_id=decision.actions[0].action_id, **named)
 
 
 def test_explain_is_refused_to_a_key_that_may_not_read_the_profile(served):
@@ -153,19 +160,70 @@ def test_respond_by_the_answered_anonymous_id_once_the_redirect_is_gone(monkeypa
             decided = stub.Decide(pb.DecideRequest(alias=alias, channel="web"),
                                   timeout=DEADLINE_S, metadata=key(WEB))
             assert decided.customer_id == f"~email:{alias.value}"
-            outcome = pb.Outcome(customer_id=decided.customer_id, channel="web",
-                                 decision_id=decided.decision_id, outcome=pb.ACCEPT,
-                                 action_id=decided.actions[0].action_id)
-            assert stub.Respond(outcome, timeout=DEADLINE_S, metadata=key(WEB)).learned_from \
-                == pb.LEARNED_FROM_DECISION
+            assert stub.Respond(accepted(decided, customer_id=decided.customer_id),
+                                timeout=DEADLINE_S, metadata=key(WEB)).learned_from == \
+                pb.LEARNED_FROM_DECISION
 
-def test_a_responds_anonymous_id_is_taken_as_its_alias_and_any_other_id_as_named():
+
+def test_respond_by_the_anonymous_id_reaches_its_own_profiles_decision_once_the_redirect_is_gone(
+        monkeypatch):
+    """With kei's redirect gone, the anonymous id names a fresh anonymous profile again: a
+    Decide by it is decided for that profile, and so is the Respond's outcome (not taken as the
+    alias, which reached kei: PROFILE_DECISION_FORGOTTEN, and kei's history)."""
+    monkeypatch.setattr(identity, "REDIRECTS_PER_PARTITION", 0)
+    with serving(KEYS) as (_, channel):
+        stub = kei_linked(channel)
+        for secret in (WEB, OPS):
+            decided = stub.Decide(pb.DecideRequest(customer_id=ANON, channel="web",
+                                                   record_impression=True),
+                                  timeout=DEADLINE_S, metadata=key(secret))
+            assert stub.Respond(accepted(decided, customer_id=ANON), timeout=DEADLINE_S,
+                                metadata=key(WEB)).learned_from == pb.LEARNED_FROM_DECISION
+        for customer_id, outcomes in ((ANON, ["accept", "impression"] * 2), ("kei", [])):
+            profile = stub.GetProfile(pb.ProfileRequest(customer_id=customer_id),
+                                      timeout=DEADLINE_S, metadata=key(OPS))
+            assert [h.outcome for h in profile.history] == outcomes
+
+
+def test_respond_by_the_anonymous_id_while_its_alias_is_being_linked():
+    """Between the link's step 1 (the directory names kei) and its Take, the visitor's own
+    decision is still its anonymous profile's: a Respond by the id is learned there, as it was
+    before Responds by it were taken as the alias (whose shard held it back: RESOURCE_EXHAUSTED);
+    once linked, its retry follows the redirect to kei, where its key came with the profile."""
+    visitor = pb.Alias(type="email", value="x@example.org")
+    with serving(KEYS) as (gateway, channel):
+        stub = kei_linked(channel)
+        decided = stub.Decide(pb.DecideRequest(alias=visitor, channel="web"),
+                              timeout=DEADLINE_S, metadata=key(WEB))
+        outcome = accepted(decided, customer_id=decided.customer_id, idempotency_key="k1")
+        steps = gateway.client.link_steps("email:x@example.org", "kei")
+        gateway.run(anext(steps))  # the claim
+        gateway.run(anext(steps))  # step 1
+        assert stub.Respond(outcome, timeout=DEADLINE_S, metadata=key(WEB)).learned_from == \
+            pb.LEARNED_FROM_DECISION
+        gateway.run(_exhausted(steps))
+        assert stub.Respond(outcome, timeout=DEADLINE_S, metadata=key(WEB)).learned_from == \
+            pb.LEARNED_FROM_DUPLICATE
+
+
+async def _exhausted(steps) -> None:
+    async for _ in steps:
+        pass
+
+
+def test_only_a_refusal_for_no_decision_issued_retries_an_anonymous_id_as_its_alias():
     Who = requests.Who
-    assert requests.responding(Who(ANON, None)) == Who(None, "email:kei@example.org")
-    assert requests.responding(Who("~app:a:b", None)) == Who(None, "app:a:b")
+    not_issued = InputError("decision_id", requests.NOT_ISSUED + " 'a' on web")
+    assert requests.retried_as_alias(Who(ANON, None), not_issued) == \
+        Who(None, "email:kei@example.org")
+    assert requests.retried_as_alias(Who("~app:a:b", None), not_issued) == Who(None, "app:a:b")
     for by_id in ("kei", "~", "~email", "~email:", "~Email:x", "~e mail:x"):  # no alias's
-        assert requests.responding(Who(by_id, None)) == Who(by_id, None)
-    assert requests.responding(Who(None, "email:x")) == Who(None, "email:x")
+        assert requests.retried_as_alias(Who(by_id, None), not_issued) is None
+    assert requests.retried_as_alias(Who(None, "email:x"), not_issued) is None
+    for refused in (InputError("decision_id", "issued before this customer was forgotten "
+                                              "(ForgetCustomer): it takes no outcomes"),
+                    InputError("action_id", requests.NOT_ISSUED)):
+        assert requests.retried_as_alias(Who(ANON, None), refused) is None
 
 
 class _DecidesLate(LocalBackend):
@@ -191,7 +249,6 @@ def test_a_fallback_by_alias_names_the_alias_to_every_key():
             shown = stub.Decide(pb.DecideRequest(alias=EMAIL, channel="web"), timeout=0.3,
                                 metadata=key(secret))
             assert shown.fallback and shown.customer_id == ANON
-
 
 
 def test_reflection_describes_the_channels_services_and_not_adminservice(served):
