@@ -33,12 +33,9 @@ from kairos.cluster.gateway import wire
 from kairos.cluster.gateway.auth import Denied, caller, has_scope
 from kairos.cluster.identity import ANONYMOUS, alias_key, anonymous_id, check_linkable
 from kairos.cluster.settings import CLOCK_SKEW_S, OUTCOME_WINDOW_S
-from kairos.cluster.shard.outcomes import issued_at
+from kairos.cluster.shard.outcomes import NOT_ISSUED, issued_at
 
 PROFILE_SCOPE = "profile:read"  # what the customer's profile holds: which aliases are theirs
-# how a shard refuses an outcome whose decision was issued to none of the ids it tried, none
-# of them having shown the action (shard/outcomes.py `DecisionSeal.opened`, field decision_id)
-NOT_ISSUED = "no decision issued to this customer showed"
 
 
 class Who(NamedTuple):

@@ -62,6 +62,9 @@ SECRET_META = "outcome-secret"  # the store's meta entry holding the cluster's s
 TAG_BYTES = 6  # 48 bits a forger must guess, one Respond per guess
 TAG_CHARS = 8  # base64 of TAG_BYTES
 RATE_REFUSAL = "outcomes for this customer within"  # in why one is refused (load tests tell it)
+# why an outcome is refused whose decision none of the ids tried was issued (the gateway
+# sends a Respond by an anonymous id refused so again as its alias: requests.retried_as_alias)
+NOT_ISSUED = "no decision issued to this customer showed"
 # customers that left the rate's window dropped per outcome at most: a call adds one at most,
 # so they drain, and none drops a burst of customers on the loop at once
 RATE_DROPPED_PER_CALL = 4
@@ -117,8 +120,7 @@ class DecisionSeal:
             if any(hmac.compare_digest(tag, tags[i:i + TAG_CHARS])
                    for i in range(0, len(tags), TAG_CHARS)):
                 return engine_id, customer_id, when
-        raise InputError("decision_id", f"no decision issued to this customer showed "
-                                        f"{action_id!r} on {channel}")
+        raise InputError("decision_id", f"{NOT_ISSUED} {action_id!r} on {channel}")
 
     def _signer(self, *shared: str):
         """A keyed BLAKE2b over what every tag of a decision shares (the customer, the engine's
