@@ -288,7 +288,9 @@ class LogWriter:
             self._erasing = everywhere.union(*again.values())
         if not everywhere and not again:
             return
-        listed: list[str] = []  # a log that failed before and is gone since holds nothing
+        # a log that failed before and is gone since holds nothing. Listed first: on Redis the
+        # listing begins the erasure pass, whose logs share one WAIT (storage/redis_log.py)
+        listed: list[str] = []
         failed: dict[str | None, set[str]] = {None: everywhere, **again}
         if self._tried("its erasures are tried again with the next trim",
                        lambda: listed.extend(self._store.decision_logs())):

@@ -21,14 +21,20 @@ A snapshot whose stand-in is gone was removed (README, "Corruption"): it reads a
 its chunks go with the partition's next save.
 
 A save that fails between chunks deletes its own, and so does one whose switch the server
-refused (`switching`: fenced, out of memory, its WATCH failing each try); one killed, or whose
-switch's reply was lost (it may have landed), leaves its chunks unreferenced, but listed: while
+refused (`switching`: fenced, out of memory; a snapshot's WATCH failing each of guarded's
+tries: meta's `_switch` looks again till it runs), but never a generation the header names
+(a partial EXEC's); one killed, or whose switch's reply was lost (it may have landed), leaves
+its chunks unreferenced, but listed: while
 it writes, each generation is in the sorted set `<prefix>:mp:<key>` and keeps
 `<prefix>:ma:<key>:<generation>` alive, a key each chunk sets to expire in STALE_S by the
 server's clock (the hosts' may differ). The key's next save first deletes, in one MULTI/EXEC
 under WATCH, the chunks of a generation still listed whose key expired (`sweep`); a save that
 finds its generation so deleted fails (StoreUnavailable) rather than switch to it. The
-commands are those README lists for an ACL user."""
+commands are those README lists for an ACL user. A switch's reply lost where redis-py says
+WatchError (a connection that failed while it watched keys) is looked at again: a header
+already naming the save's generation is its own switch, which landed (`switch`).
+A damaged header (not what `stage` writes) is StoreCorrupt to a reader; a save replaces it,
+its chunks, which it no longer names, left to `SCAN ... MATCH <prefix>:<family>c:<key>:*`."""
 from __future__ import annotations
 
 import contextlib
@@ -45,10 +51,12 @@ from kairos.cluster.storage.store import StoreCorrupt, StoreUnavailable
 
 CHUNK_BYTES = 4 << 20  # one SET each: far below the value limit, sent well within a timeout
 # Up to this a value stays one key, so an older Kairos (one SET, one GET) still reads what this
-# one saved. Past it, that one SET already failed where the server has a replica (its default
-# output buffer limit, client-output-buffer-limit replica 256mb, drops the link on it), and
-# past 512 MiB everywhere: the chunks' gain, so their rollback cost, is confined to those.
-ONE_VALUE_BYTES = 256 << 20
+# one saved. A margin below a replica's default output buffer hard limit (client-output-buffer-
+# limit replica 256mb), which drops its link on a write that fills it: a value, with what else
+# is on its way to the replica, must stay below (redis_store.py writes one past PIPELINE_BYTES
+# alone). Past 512 MiB one SET fails everywhere. A value an older Kairos wrote as one, up to
+# 256 MiB, is read either way: chunks are read only under a header.
+ONE_VALUE_BYTES = 192 << 20
 READ_BYTES = 16 << 20  # chunks' GETs sent together, as redis_store.py's PIPELINE_BYTES
 STALE_S = 600.0  # a generation not written to for this long is a killed save's
 READ_TRIES = 3  # reads a chunk gone to a newer save starts over (then StoreUnavailable)
@@ -89,9 +97,9 @@ def put(client: redis.Redis, value: Value, blob: bytes) -> None:
 @contextlib.contextmanager
 def switching(client: redis.Redis) -> Iterator[list[tuple[Value, Staged]]]:
     """A list for the chunks `written` stages, whose switch the block runs: deleted if it
-    fails where no switch landed (refused: fenced, out of memory, its WATCH failing each try;
-    or a later value failing to stage), left to the sweep where one may have (MAYBE_LANDED)
-    or the save was killed."""
+    fails where no switch landed (refused: fenced, out of memory, a snapshot's WATCH failing
+    each try; or a later value failing to stage), left to the sweep where one may have
+    (MAYBE_LANDED) or the save was killed, kept where the header names them (`discard`)."""
     staged: list[tuple[Value, Staged]] = []
     try:
         yield staged
@@ -141,14 +149,19 @@ def stage(client: redis.Redis, value: Value, blob: bytes, size: int) -> Staged:
 
 
 def discard(client: redis.Redis, value: Value, staged: Staged) -> None:
-    """Delete chunks `stage` wrote that no switch names (else they are swept later). Not in
-    a MULTI, which a server out of memory refuses whole: the generation unlisted last, so a
-    DEL that fails leaves it to the sweep."""
+    """Delete chunks `stage` wrote that no switch names (else they are swept later); none
+    the header names: a switch that failed part way (an EXEC with an error reply) or one
+    whose reply was lost, taken for refused, may have set it. Not in a MULTI, which a server
+    out of memory refuses whole: the generation unlisted last, so a DEL that fails leaves it
+    to the sweep."""
     generation, _, count = staged.member.partition(":")
-    with contextlib.suppress(*ERRORS), client.pipeline(transaction=False) as pipe:
-        pipe.delete(_alive(value, generation), *_chunks(value, generation, int(count)))
-        pipe.zrem(value.key("p"), staged.member)
-        pipe.execute()
+    with contextlib.suppress(*ERRORS):
+        if _generation(client.get(value.key("h"))) == generation:
+            return
+        with client.pipeline(transaction=False) as pipe:
+            pipe.delete(_alive(value, generation), *_chunks(value, generation, int(count)))
+            pipe.zrem(value.key("p"), staged.member)
+            pipe.execute()
 
 
 def switch(value: Value, new: bytes | Staged, old: bytes | None, pending: list[bytes]
@@ -156,8 +169,12 @@ def switch(value: Value, new: bytes | Staged, old: bytes | None, pending: list[b
     """The commands of one MULTI/EXEC that make `new` (a plain value, or chunks `stage` wrote)
     the value and delete the header `old` and its chunks, given `old` and, for chunks, the
     `pending` generations, as read under WATCH of the header and the pending set
-    (StoreUnavailable if `new`'s generation was swept meanwhile)."""
+    (StoreUnavailable if `new`'s generation was swept meanwhile). A header that is `new`'s
+    already is this save's switch, its reply lost: a no-op replicated (on Redis 7+ a WAIT
+    covers its connection's writes alone: redis_replicas.py) stands for it."""
     if isinstance(new, Staged):
+        if old == new.header:  # the generation is random: no other save's header
+            return [("SET", value.key("h"), new.header)]
         if new.member.encode() not in pending:
             raise swept(value)
         commands = [("SET", value.key("h"), new.header),
@@ -168,9 +185,9 @@ def switch(value: Value, new: bytes | Staged, old: bytes | None, pending: list[b
     else:
         commands = [("SET", value.key(), new)]
     if old is not None:
-        generation, _, count, _ = msgpack.unpackb(old)
-        commands.append(("DEL", *([] if isinstance(new, Staged) else [value.key("h")]),
-                         *_chunks(value, generation, count)))
+        deleted = [*([] if isinstance(new, Staged) else [value.key("h")]), *_chunks_of(value, old)]
+        if deleted:  # none: a damaged header, set over
+            commands.append(("DEL", *deleted))
     return commands
 
 
@@ -196,7 +213,7 @@ def get(client: redis.Redis, value: Value) -> bytes | None:
 
 def _assemble(client: redis.Redis, value: Value, header: bytes) -> bytes | None:
     """The chunks `header` names, joined and checked; None if a newer save replaced them."""
-    generation, length, count, digest = msgpack.unpackb(header)
+    generation, length, count, digest = _fields(value, header)
     parts, hasher = [], hashlib.sha256()
     per_read = max(1, READ_BYTES * count // max(length, 1))
     for first in range(0, count, per_read):
@@ -242,10 +259,7 @@ def every_key(client: redis.Redis, value: Value) -> list[str]:
     """The keys of `value` as it is now: its plain string, its header and the chunks that
     names (deleted together, they leave no chunk behind)."""
     header = client.get(value.key("h"))
-    if header is None:
-        return [value.key(), value.key("h")]
-    generation, _, count, _ = msgpack.unpackb(header)
-    return [value.key(), value.key("h"), *_chunks(value, generation, count)]
+    return [value.key(), value.key("h"), *([] if header is None else _chunks_of(value, header))]
 
 
 def sweep_all(client: redis.Redis, values: list[Value]) -> None:
@@ -287,6 +301,39 @@ def sweep(client: redis.Redis, value: Value, members: list[bytes]) -> None:
 def swept(value: Value) -> StoreUnavailable:
     return StoreUnavailable(f"{_named(value)}: the save's chunks were deleted as a dead save's "
                             f"(nothing written for {STALE_S:.0f} s)")
+
+
+def _fields(value: Value, header: bytes) -> tuple[str, int, int, bytes]:
+    """`header`'s generation, length, chunks and SHA-256: StoreCorrupt if it is not what
+    `stage` writes (changed outside Kairos)."""
+    fields = _unpacked(header)
+    if fields is None:
+        raise StoreCorrupt(f"{_named(value)}: its header {value.key('h')} is damaged (not "
+                           f"msgpack [generation, length, chunks, SHA-256]); a save replaces "
+                           f"it")
+    return fields
+
+
+def _unpacked(header: bytes) -> tuple[str, int, int, bytes] | None:
+    try:
+        generation, length, count, digest = msgpack.unpackb(header)
+    except (ValueError, TypeError):  # msgpack's errors are ValueErrors; a scalar: TypeError
+        return None
+    kinds = (str, int, int, bytes)
+    fields = (generation, length, count, digest)
+    return fields if all(map(isinstance, fields, kinds)) else None
+
+
+def _generation(header: bytes | None) -> str | None:
+    """The generation a header names; None for none, or a damaged one."""
+    fields = None if header is None else _unpacked(header)
+    return None if fields is None else fields[0]
+
+
+def _chunks_of(value: Value, header: bytes) -> list[str]:
+    """The chunks `header` names; none where it is damaged (they are not known)."""
+    fields = _unpacked(header)
+    return [] if fields is None else _chunks(value, fields[0], fields[2])
 
 
 def _named(value: Value) -> str:

@@ -1,6 +1,6 @@
 """Partitions' snapshots on Redis (redis_store.py `put_snapshots`, `get_snapshot`).
 
-A snapshot up to ONE_VALUE_BYTES (redis_chunks.py: 256 MiB) is one string,
+A snapshot up to ONE_VALUE_BYTES (redis_chunks.py: 192 MiB) is one string,
 `<prefix>:s:<partition>`, as before (an older Kairos reads it, and this one reads what an older
 one wrote); a longer one is written in chunks of SNAPSHOT_CHUNK_BYTES (redis_chunks.py, family
 "s": `<prefix>:sc:<partition>:<generation>:<n>`, its header `<prefix>:sh:<partition>`), as one

@@ -3,7 +3,7 @@
 Keys, under a prefix (default "kairos", `?prefix=` in the URL) so clusters can share a server:
 
     <prefix>:c:<partition>       hash: customer id -> home blob
-    <prefix>:s:<partition>       string: the partition's snapshot (one past 256 MiB: in
+    <prefix>:s:<partition>       string: the partition's snapshot (one past 192 MiB: in
                                  chunks, redis_snapshots.py)
     <prefix>:s:<partition>:lsn   string: msgpack [journal, LSN] of its newest one (store.py)
     <prefix>:j:<shard>           sorted set: journal batches, scored by their last LSN
@@ -12,10 +12,12 @@ Keys, under a prefix (default "kairos", `?prefix=` in the URL) so clusters can s
     <prefix>:j:<shard>:gaps      sorted set: their scores, the gaps replay accepts
     <prefix>:j:<shard>:fenced    string: another shard took the journal's partitions over
     <prefix>:j:<shard>:owner     string: the shard's incarnation that writes it (store.py)
-    <prefix>:m:<key>             string: meta (one past 256 MiB: in chunks, redis_chunks.py)
+    <prefix>:m:<key>             string: meta (one past 192 MiB: in chunks, redis_chunks.py)
     <prefix>:d:<shard>           sorted set: the shard's decision log, entries scored by time
     <prefix>:d:<shard>:bytes     string: the log's size, as decision_logs.py counts it
     <prefix>:d                   set: the names of the decision logs
+    <prefix>:wait                never left: set and deleted at once, a write to WAIT for
+                                 (redis_log.py)
     <prefix>:owner               string: the lease of the cluster that holds the store (claim)
 
 A journal is a sorted set of batches (redis_journal.py). With KAIROS_REDIS_REPLICAS, each
@@ -53,14 +55,12 @@ from redis.retry import Retry
 from kairos.cluster.settings import REDIS_TIMEOUT_S
 from kairos.cluster.storage import (lsn_records, redis_aof, redis_chunks, redis_replicas,
                                     redis_snapshots)
-from kairos.cluster.storage.decision_logs import Entry, entry_size
 from kairos.cluster.storage.ownership import LEASE_S
 from kairos.cluster.storage.redis_config import check_parameters
-from kairos.cluster.storage.redis_errors import ERRORS, unavailable
-from kairos.cluster.storage.redis_journal import (REPLAY_PAGE, RedisJournal, RedisReader,
-                                                   guarded, owns)
-from kairos.cluster.storage.store import (JournalDisowned, JournalFenced, StoreInUse,
-                                          StoreUnavailable, redact)
+from kairos.cluster.storage.redis_errors import unavailable
+from kairos.cluster.storage.redis_journal import RedisJournal, RedisReader, guarded, owns
+from kairos.cluster.storage.redis_log import Pass, RedisLog
+from kairos.cluster.storage.store import JournalDisowned, JournalFenced, StoreInUse, redact
 
 log = logging.getLogger("kairos.store")
 PIPELINE_BYTES = 16 << 20  # a write to Redis ends with the item that brings its data to this
@@ -73,9 +73,14 @@ STORE_PASSWORD_FILE_ENV = "KAIROS_STORE_PASSWORD_FILE"
 
 def _chunks(items: Iterable[T], size: Callable[[T], int]) -> Iterator[list[T]]:
     """`items` in lists that end once their `size` reaches PIPELINE_BYTES (or with the last
-    item), so that no single exchange outlasts the socket timeout; read as lists are taken."""
+    item), so that no single exchange outlasts the socket timeout; read as lists are taken. An
+    item past PIPELINE_BYTES is a list of its own: a snapshot up to ONE_VALUE_BYTES after the
+    small ones of a list made a write past a replica's output buffer limit (redis_chunks.py)."""
     chunk, total = [], 0
     for item in items:
+        if size(item) > PIPELINE_BYTES and chunk:
+            yield chunk
+            chunk, total = [], 0
         chunk.append(item)
         total += size(item)
         if total >= PIPELINE_BYTES:
@@ -83,179 +88,6 @@ def _chunks(items: Iterable[T], size: Callable[[T], int]) -> Iterator[list[T]]:
             chunk, total = [], 0
     if chunk:
         yield chunk
-
-
-class RedisLog:
-    """A decision log (decision_logs.py) as a sorted set: each member is msgpack of
-    `[customer id, record, time]` (entries that differ only in time stay apart), scored by
-    the time it was logged, written with its size in one
-    MULTI/EXEC. Trims and erasures remove exact members (ZREM), so they never race an append;
-    they read the set in pages of REPLAY_PAGE entries and subtract the sizes of only the
-    members their ZREMs removed (`_remove`): any shard may trim or erase any log, and a member
-    two removers read (a trim beside another shard's ForgetCustomer) was subtracted twice,
-    taking the counter below zero and the log past its byte bound. Only the log's emptiness
-    is WATCHed (`_if_empty`, where nothing is left to start over), so no remover makes
-    another start over."""
-
-    def __init__(self, client: redis.Redis, prefix: str, name: str):
-        self.r = client
-        self.names = f"{prefix}:d"
-        self.name = name
-        self.key = f"{prefix}:d:{name}"
-
-    @unavailable("appending to a decision log")
-    def append(self, entries: list[Entry]) -> None:
-        members = {msgpack.packb([c, data, t], use_bin_type=True): t for t, c, data in entries}
-        with redis_replicas.pipeline(self.r) as tx:
-            tx.zadd(self.key, members)
-            tx.incrby(f"{self.key}:bytes", sum(map(entry_size, entries)))
-            tx.sadd(self.names, self.name)
-            tx.execute()
-
-    def read(self, since: float, until: float) -> Iterator[Entry]:
-        """In pages by score; the members at a page's last score are asked for again with
-        the next page and skipped (a round's entries share their time). A generator: its
-        pages' errors are mapped here, not where it is created."""
-        low, seen = since, set()
-        try:
-            while True:
-                want = REPLAY_PAGE + len(seen)
-                page = self.r.zrangebyscore(self.key, low, until, start=0, num=want,
-                                            withscores=True)
-                for member, score in page:
-                    if not (score == low and member in seen):
-                        customer_id, data, _ = msgpack.unpackb(member, raw=False)
-                        yield score, customer_id, data
-                if len(page) < want:
-                    return
-                last = page[-1][1]
-                seen = {m for m, s in page if s == last} | (seen if last == low else set())
-                low = last
-        except ERRORS as exc:
-            raise StoreUnavailable(f"redis: reading a decision log: {exc}") from exc
-
-    @unavailable("trimming a decision log")
-    def trim(self, before: float, max_bytes: int, orphan: bool = False,
-             between_pages: Callable[[], object] | None = None) -> int:
-        """(decision_logs.py) An `orphan` left empty leaves the names of the logs; a log left
-        empty has its count reset (one left too high by a crash comes back down).
-        `between_pages` is called after each page, so a long trim never holds its caller's
-        other writes for more than a page (shard/decisionlog.py)."""
-        dropped = 0
-        while old := self.r.zrangebyscore(self.key, "-inf", f"({before!r}", start=0,
-                                          num=REPLAY_PAGE):
-            dropped += self._remove(old)
-            if between_pages:
-                between_pages()
-        while oldest := _reaching(self.r.zrange(self.key, 0, REPLAY_PAGE - 1),
-                                  self.size() - max_bytes):
-            dropped += self._remove(oldest)
-            if between_pages:
-                between_pages()
-        if not dropped:
-            self._held()
-        self._if_empty(orphan)
-        return dropped
-
-    @unavailable("erasing from a decision log")
-    def erase(self, customer_ids: set[str]) -> int:
-        """ZSCAN's steps, these customers' members removed in pages (a member ZSCAN returns
-        twice is removed, and counted, once: `_remove`)."""
-        theirs = (member for member, _ in self.r.zscan_iter(self.key, count=REPLAY_PAGE)
-                  if msgpack.unpackb(member, raw=False)[0] in customer_ids)
-        dropped = 0
-        while page := list(itertools.islice(theirs, REPLAY_PAGE)):
-            dropped += self._remove(page)
-        if dropped:  # the ZREMs, and the members they name, stay in the AOF till a rewrite
-            redis_aof.rewrite(self.r)
-        else:
-            self._held()
-        return dropped
-
-    def _held(self) -> None:
-        """With replicas, ReplicasBehind unless they hold the log's earlier removals: a trim
-        or erasure removing nothing may retry one whose ZREMs ran and WAIT failed. A WAIT
-        covers only its connection's writes on Redis 7+ (redis_replicas.py): a DECRBY by 0."""
-        if redis_replicas.REPLICAS:
-            self._subtract(0)
-
-    def _remove(self, members: list[bytes]) -> int:
-        """Remove `members`, one ZREM each in one MULTI/EXEC, whose replies say which were
-        still there; subtract the sizes of those alone. How many went. The subtraction is a
-        second round trip: a crash between leaves the count too high, the safe direction (a
-        trim then drops more than it must; the log never passes its bound). A count taken to
-        0 or below (an orphan trim removed the log meanwhile, and this DECRBY made its count
-        again) goes with the log if the log is gone."""
-        removed = _zrems(self.r, self.key, members)
-        gone = [member for member, was in zip(members, removed) if was]
-        if gone:
-            self._subtract(sum(map(_member_size, gone)))
-        return len(gone)
-
-    def _subtract(self, size: int) -> None:
-        """The count's DECRBY, WAITed for, with the ZREMs before it in the replication stream;
-        a count taken to 0 or below goes with the log if the log is gone (`_remove`)."""
-        if redis_replicas.write(self.r, "DECRBY", f"{self.key}:bytes", size) <= 0:
-            self._if_empty(orphan=False)
-
-    def _if_empty(self, orphan: bool) -> None:
-        """An empty log's count removed (0), and an `orphan`'s name; an append meanwhile
-        (under WATCH) keeps them. Another remover's DECRBY still on its way takes the count
-        below zero, and removes it again (`_remove`), unless an append comes first: the count
-        then stays low by that remover's page, the log that much over its bound until it
-        empties again."""
-        with redis_replicas.pipeline(self.r) as tx, contextlib.suppress(redis.WatchError):
-            tx.watch(self.key)
-            if not tx.zcard(self.key):
-                tx.multi()
-                tx.delete(self.key, f"{self.key}:bytes")
-                if orphan:
-                    tx.srem(self.names, self.name)
-                tx.execute()
-
-    @unavailable("sizing a decision log")
-    def size(self) -> int:
-        return int(self.r.get(f"{self.key}:bytes") or 0)
-
-
-def _zrems(client: redis.Redis, key: str, members: list[bytes]) -> list[int]:
-    """One MULTI/EXEC of a ZREM per member (a reply each: 1 if it was there), sent on one
-    connection as redis-py packs commands, without a pipeline: its bookkeeping per command
-    cost about as much again."""
-    pool = client.connection_pool
-    connection = pool.get_connection()
-    try:
-        connection.send_packed_command(connection.pack_commands(
-            [("MULTI",), *(("ZREM", key, m) for m in members), ("EXEC",)]))
-        for _ in range(len(members) + 1):  # OK, then QUEUED for each ZREM
-            connection.read_response()
-        removed = connection.read_response()
-    except BaseException:
-        connection.disconnect()  # with any reply not read
-        raise
-    finally:
-        pool.release(connection)
-    for reply in removed:
-        if isinstance(reply, redis.exceptions.ResponseError):
-            raise reply
-    return removed
-
-
-def _reaching(members: list[bytes], excess: int) -> list[bytes]:
-    """The first of `members` (oldest first) whose sizes add up to `excess` (none if it is
-    not above 0), or all."""
-    if excess <= 0:
-        return []
-    for k, member in enumerate(members):
-        excess -= _member_size(member)
-        if excess <= 0:
-            return members[:k + 1]
-    return members
-
-
-def _member_size(member: bytes) -> int:
-    customer_id, data, _ = msgpack.unpackb(member, raw=False)
-    return entry_size((0.0, customer_id, data))
 
 
 def _handshake(connection: redis.connection.AbstractConnection) -> None:
@@ -294,6 +126,7 @@ class RedisStore:
         check_parameters(url, parsed.scheme, query)
         self.url = url
         self._owners: dict[str, str] = {}  # journal -> the incarnation written as (own_journal)
+        self._erasures = Pass()
         try:
             # the query text alone replaced: urlunparse would turn unix:///path into unix:/path;
             # no retries, whatever redis-py's default: a command whose reply was lost may have
@@ -369,8 +202,8 @@ class RedisStore:
     def put_snapshots(self, snapshots: dict[int, bytes], unless_fenced: str | None = None,
                       lsn: int | None = None) -> None:
         """In writes that end once they reach PIPELINE_BYTES (`_chunks`: the snapshot that
-        reaches it is the last; each stands alone: a partly written set is still
-        consistent), each switched in whole (redis_snapshots.py); with `unless_fenced`, under
+        reaches it is the last, one past it alone; each stands alone: a partly written set is
+        still consistent), each switched in whole (redis_snapshots.py); with `unless_fenced`, under
         WATCH of that journal's fence and owner; with `lsn` too, of the partitions' `:lsn`
         keys, checked and written with them."""
         for chunk in _chunks(snapshots.items(), lambda snapshot: len(snapshot[1])):
@@ -443,10 +276,12 @@ class RedisStore:
         redis_chunks.put(self.r, redis_chunks.Value(self.prefix, "m", key), blob)
 
     def decision_log(self, name: str) -> RedisLog:
-        return RedisLog(self.r, self.prefix, name)
+        return RedisLog(self.r, self.prefix, name, self._erasures)
 
     @unavailable("listing decision logs")
     def decision_logs(self) -> list[str]:
+        """The names; an erasure pass lists them first, so this begins one (redis_log.py)."""
+        self._erasures.begin()
         return sorted(n.decode() for n in self.r.smembers(f"{self.prefix}:d"))
 
     @unavailable("reading meta")

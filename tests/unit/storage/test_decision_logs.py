@@ -15,7 +15,9 @@ from kairos.cluster.storage import decision_logs
 from kairos.cluster.storage.decision_logs import SEGMENT_S, entry_size
 from kairos.cluster.storage.directory_store import DirectoryStore
 from kairos.cluster.storage.memory_store import MemoryStore
-from kairos.cluster.storage.redis_store import REPLAY_PAGE, RedisLog, RedisStore
+from kairos.cluster.storage.redis_journal import REPLAY_PAGE
+from kairos.cluster.storage.redis_log import Pass, RedisLog
+from kairos.cluster.storage.redis_store import RedisStore
 from kairos.cluster.storage.store import StoreUnavailable
 
 T0 = 1_795_629_600.0
@@ -188,7 +190,7 @@ def test_redis_errors_while_a_log_is_read_are_store_unavailable():
     class Down:
         def zrangebyscore(self, *args, **kwargs):
             raise redis.ConnectionError("Connection refused.")
-    reading = RedisLog(Down(), "kairos", "s").read(0.0, T0)  # (nothing asked yet)
+    reading = RedisLog(Down(), "kairos", "s", Pass()).read(0.0, T0)  # (nothing asked yet)
     with pytest.raises(StoreUnavailable, match="reading a decision log"):
         list(reading)
 

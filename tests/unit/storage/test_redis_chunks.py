@@ -256,3 +256,55 @@ def test_a_switch_the_server_refuses_deletes_its_chunks(store, redis_server, mon
     finally:
         admin.config_set("maxmemory", limit)
     assert store.get_meta("learner") == before and _keys(store) == kept
+
+
+def _lose_the_exec_reply_once_read(monkeypatch) -> None:
+    """The next MULTI/EXEC's reply is read and then a timeout raised, as one while reading it
+    (before redis-py clears its WATCH state): redis-py 8.2 raises WatchError for it."""
+    real, armed = redis.client.Pipeline.parse_response, [True]
+
+    def parse(self, connection, command_name, **options):
+        reply = real(self, connection, command_name, **options)
+        if armed[0] and command_name == "_" and isinstance(reply, list):  # EXEC's
+            armed[0] = False
+            raise redis.exceptions.TimeoutError("Timeout reading from socket")
+        return reply
+    monkeypatch.setattr(redis.client.Pipeline, "parse_response", parse)
+
+
+def test_a_switch_whose_reply_is_lost_once_it_ran_keeps_what_it_switched_in(store,
+                                                                           monkeypatch):
+    """Looked at again, the header is the save's own: its switch landed; the save is done,
+    its chunks kept (its generation no longer pending was taken for swept, its chunks
+    deleted under the header naming them: StoreCorrupt for good)."""
+    store.put_meta("learner", os.urandom(3 * CHUNK))
+    new = os.urandom(3 * CHUNK)
+    _lose_the_exec_reply_once_read(monkeypatch)
+    store.put_meta("learner", new)
+    assert store.get_meta("learner") == new
+    assert [k.split(b":")[1] for k in _keys(store)] == [b"mc"] * 3 + [b"mh"]
+
+
+def test_a_switch_that_fails_part_way_keeps_the_chunks_its_header_names(store, monkeypatch):
+    """An EXEC whose last command fails (the others ran): the save fails, and what it set the
+    header to reads back whole."""
+    store.put_meta("learner", os.urandom(3 * CHUNK))
+    new, switch = os.urandom(3 * CHUNK), redis_chunks.switch
+    monkeypatch.setattr(redis_chunks, "switch", lambda value, *args: [
+        *switch(value, *args), ("INCR", value.key("h"))])  # not an integer: an error reply
+    with pytest.raises(StoreUnavailable, match="not an integer"):
+        store.put_meta("learner", new)
+    monkeypatch.undo()
+    assert store.get_meta("learner") == new
+
+
+def test_a_damaged_header_is_corrupt_and_a_save_replaces_it(store):
+    """Not msgpack [generation, length, chunks, SHA-256]: StoreCorrupt, not a ValueError; a
+    save, in chunks or one value, sets it over."""
+    for new in (os.urandom(3 * CHUNK), b"small"):
+        store.put_meta("learner", os.urandom(3 * CHUNK))
+        store.r.set(f"{store.prefix}:mh:learner", b"\x93\xa1x")
+        with pytest.raises(StoreCorrupt, match=r"header .*:mh:learner is damaged"):
+            store.get_meta("learner")
+        store.put_meta("learner", new)
+        assert store.get_meta("learner") == new
