@@ -359,6 +359,15 @@ DEADLINE_MARGIN_SHARE = number("DEADLINE_MARGIN_SHARE", 0.05, high=0.5)
 SHARD_CLOCK_SKEW_S = number("SHARD_CLOCK_SKEW_S", 0.1, high=60.0)
 # Calls one gateway works on at once; past it, RESOURCE_EXHAUSTED at once.
 GATEWAY_INFLIGHT_LIMIT = integer("GATEWAY_INFLIGHT_LIMIT", 20_000)
+# Past this share of that limit in flight (T), an API key holding calls may hold its share of T
+# (split among the keys with calls in flight, at least GATEWAY_KEY_FLOOR), one holding none gets
+# a call or batch in, and the last half of the room between T and the limit is kept for keys
+# within the floor, so that floods of one key or several still let every other key in. 1 turns
+# shares off; a gateway with one key or none has none (its caller may take the whole limit).
+GATEWAY_KEY_SHARE_FROM = number("GATEWAY_KEY_SHARE_FROM", 0.75, above=True, high=1.0)
+# ... the calls any key may hold past T, however many share it; at most 1/16 of the limit (at
+# least 1), so that a small limit's floor does not take its whole headroom.
+GATEWAY_KEY_FLOOR = integer("GATEWAY_KEY_FLOOR", 64)
 # Load shedding (gateway/admission.py): the queueing delay a gateway keeps its calls near by
 # refusing a share of new ones, and how often it adjusts that share (RFC 8033's 15 ms).
 SHED_TARGET_S = number("SHED_TARGET_S", 0.015, above=True, high=60.0)
@@ -424,7 +433,8 @@ INGEST_STREAM_IDLE_S = number("INGEST_STREAM_IDLE_S", 600.0, above=True)
 # an ack's write held by flow control, before the gateway ends the stream (RESOURCE_EXHAUSTED):
 # its window of events is not held for a caller that stopped reading. Flow control hands acks on
 # as the caller's reads free its HTTP/2 window, some 30 KB at a time; a caller with fewer events
-# unacked is not timed by this.
+# unacked is not timed by this. It also bounds an event's wait for room in the gateway's calls
+# in flight, or its key's share (GATEWAY_KEY_SHARE_FROM), its caller held by flow control.
 INGEST_STREAM_STALL_S = number("INGEST_STREAM_STALL_S", 30.0, above=True)
 # ... which is at most INGEST_STREAM_IDLE_S: a caller holding its whole window unacked (the most
 # a stream holds) would otherwise be cut later than one that holds less, or sends nothing.

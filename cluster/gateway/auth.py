@@ -60,7 +60,8 @@ import hmac
 import ipaddress
 import math
 import re
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -147,9 +148,14 @@ class Denied(Exception):
 
 @dataclass(frozen=True)
 class ApiKey:
+    """A configured key; `label`, set by `Auth`, is what its calls in flight count as
+    (`calls.key_label`): unique among the gateway's keys (names need not be), a string (its
+    hash is cached), and None for a gateway's one key, which has the whole limit."""
+
     name: str
     scopes: frozenset[str]
     channel: str | None = None
+    label: str | None = None
 
 
 def _check_fields(entry: dict, where: str) -> None:
@@ -199,9 +205,26 @@ def _check_secret(secret: object, where: str) -> None:
                          f"digits); {MAKE_KEY}")
 
 
+def _labels(names: list[str]) -> list[str | None]:
+    """Each key's `ApiKey.label`, of `names` in the file's order: its name, suffixed by its
+    place where names repeat (two secrets of one name, or an unnamed "key 1" and one so
+    named); by its place, all of them, should a name read as another's suffixed label (each
+    then ends with an index of its own); None for a lone key."""
+    if len(names) < 2:
+        return [None] * len(names)
+    repeated = Counter(names)
+    labels = [name if repeated[name] == 1 else f"{name} (keys[{i}])"
+              for i, name in enumerate(names)]
+    if len(set(labels)) < len(labels):
+        labels = [f"{name} (keys[{i}])" for i, name in enumerate(names)]
+    return labels
+
+
 class Auth:
     def __init__(self, keys: dict[str, ApiKey]):
-        self._keys = [(secret.encode(), key) for secret, key in keys.items()]
+        labels = _labels([key.name for key in keys.values()])
+        self._keys = [(secret.encode(), replace(key, label=label))
+                      for (secret, key), label in zip(keys.items(), labels)]
 
     @property
     def enabled(self) -> bool:

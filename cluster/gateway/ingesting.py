@@ -16,7 +16,7 @@ from kairos.cluster import protocol
 from kairos.cluster.gateway import requests, wire
 from kairos.cluster.gateway.auth import Denied, caller, check_channel, require_scope
 from kairos.cluster.gateway.bounds import host_of
-from kairos.cluster.gateway.calls import FORGOTTEN_IN_CALL, abort, key_name
+from kairos.cluster.gateway.calls import FORGOTTEN_IN_CALL, Gateway, abort, key_label
 from kairos.cluster.gateway.streambounds import IdleLimit, WaitLimit
 from kairos.cluster.settings import INGEST_STREAM_IDLE_S, INGEST_STREAM_STALL_S, STREAM_WINDOW
 from kairos.cluster.transport.backend import NotCarried, NotSent, Unavailable
@@ -29,6 +29,9 @@ BATCH_LIMIT = 10_000  # events in one IngestBatch (the proto says so)
 # A batch's events checked, and acked, between turns of the event loop: 9,000 at once held it
 # for 70-130 ms (checks), 30-60 ms (acks), and Decides with short deadlines failed meanwhile
 CHUNK = 256
+# A stream's event without room in flight looks again after the first, doubled up to the second
+# (polled: a wake-up at each call's end would cost every call, and wake every waiting stream)
+ROOM_POLL_S = (0.001, 0.05)
 IDLE = (f"the stream sent no event for {INGEST_STREAM_IDLE_S:.0f} s (KAIROS_INGEST_STREAM_IDLE_S): "
         f"the gateway ended it; the events acked on it were applied, none after them: open a "
         f"new stream to send more")
@@ -123,7 +126,10 @@ class Ingesting:
         customer a later event names by id). Once the stream ends, what of it is not sent yet
         goes unsent, all of it (`Call`). Each event is checked as a unary Ingest is
         (`Gateway.checked`): against the catalog the cluster runs when it is read, not the one
-        it ran when the stream opened. A gateway serves at most INGEST_STREAMS of them (and
+        it ran when the stream opened. One without room in the gateway's calls in flight, or
+        in its key's share (`Gateway.check_capacity`), waits for it, the events behind it
+        unread (flow control holds the caller), for at most INGEST_STREAM_STALL_S (`_room`,
+        then RESOURCE_EXHAUSTED). A gateway serves at most INGEST_STREAMS of them (and
         of those, at most INGEST_STREAMS_PER_KEY of one key and _PER_HOST from one host: past
         any, RESOURCE_EXHAUSTED), and ends one whose caller sent no event for
         INGEST_STREAM_IDLE_S (DEADLINE_EXCEEDED, once every event sent was acked), or kept
@@ -196,7 +202,10 @@ class Ingesting:
                 n += 1
                 try:
                     check_event(event)
-                    self.gateway.check_capacity()
+                    try:
+                        self.gateway.check_capacity()
+                    except Busy as refused:
+                        await _room(self.gateway, refused)
                     checked = await self.gateway.checked(
                         lambda catalog: requests.event_request(event, catalog, where),
                         self.gateway.timeout(context))
@@ -275,7 +284,7 @@ class Ingesting:
             self.gateway.check_capacity(len(checked))  # all or none: each event is a call
         except (Denied, InputError, Busy, TimeoutError) as exc:
             await abort(context, exc)
-        key = key_name()
+        key = key_label()
         self.gateway.count(key, len(checked))  # until it answers, however it ends
         call = Call()
         try:
@@ -365,6 +374,23 @@ class _Stall(WaitLimit):
             await put
         finally:
             self.paused, self.since = False, None
+
+
+async def _room(gateway: Gateway, refused: Busy) -> None:
+    """Wait for room for a stream's next event, which `gateway.check_capacity` `refused`; Busy,
+    saying so, if none comes within INGEST_STREAM_STALL_S."""
+    loop = asyncio.get_running_loop()
+    until, wait = loop.time() + INGEST_STREAM_STALL_S, ROOM_POLL_S[0]
+    while (left := until - loop.time()) > 0:
+        await asyncio.sleep(min(wait, left))
+        wait = min(2 * wait, ROOM_POLL_S[1])
+        try:
+            return gateway.check_capacity()
+        except Busy as exc:
+            refused = exc
+    raise Busy(f"{refused}; the stream's next event waited {INGEST_STREAM_STALL_S:g} s for "
+               f"room (KAIROS_INGEST_STREAM_STALL_S): the gateway ended the stream; the events "
+               f"acked on it were applied, none after them: send again from the first not acked")
 
 
 def _end_stalled(context, handler: asyncio.Task, why: str) -> asyncio.Future:
