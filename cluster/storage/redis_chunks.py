@@ -115,10 +115,15 @@ def written(client: redis.Redis, value: Value, blob: bytes, size: int,
             staged: list[tuple[Value, Staged]]) -> bytes | Staged:
     """What `switch` makes `value`: `blob` itself up to ONE_VALUE_BYTES, else its chunks of
     `size`, staged (and added to `staged`)."""
-    if len(blob) <= ONE_VALUE_BYTES:
+    if not in_chunks(blob):
         return blob
     staged.append((value, stage(client, value, blob, size)))
     return staged[-1][1]
+
+
+def in_chunks(blob: bytes) -> bool:
+    """Whether `blob` is saved in chunks (past ONE_VALUE_BYTES), else as one value."""
+    return len(blob) > ONE_VALUE_BYTES
 
 
 def stage(client: redis.Redis, value: Value, blob: bytes, size: int) -> Staged:

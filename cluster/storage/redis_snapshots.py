@@ -10,7 +10,9 @@ chunked one it finds STAND_IN, which its recovery refuses as a damaged snapshot 
 serves nothing till this version is back or the loss is accepted), where none would have it
 replay a journal truncated past the snapshot, silently losing what the snapshot held.
 
-A write first sweeps its partitions' dead saves (redis_chunks.py `sweep`); then the chunks are
+A write with chunks to write first sweeps its partitions' dead saves (redis_chunks.py `sweep`);
+one of plain values alone sweeps them after its switch, best effort, from the pending sets the
+switch's first exchange read (no round trip of its own where none is listed). Then the chunks are
 written, under a generation no reader knows; then one MULTI/EXEC, under WATCH of the journal's
 fence and owner (redis_journal.py `guarded`), of the partitions' `:lsn` keys and headers, and
 the pending generations of those in chunks, switches every snapshot of the write in at once:
@@ -24,11 +26,14 @@ A damaged snapshot in chunks is StoreCorrupt naming every key to delete (`get`).
 """
 from __future__ import annotations
 
+import contextlib
+
 import redis
 
 from kairos.cluster.settings import REDIS_SNAPSHOT_CHUNK
 from kairos.cluster.storage import lsn_records, redis_chunks
 from kairos.cluster.storage.redis_chunks import Value
+from kairos.cluster.storage.redis_errors import ERRORS
 from kairos.cluster.storage.redis_journal import guarded
 from kairos.cluster.storage.store import JournalFenced, StoreCorrupt
 
@@ -44,28 +49,28 @@ def put(client: redis.Redis, prefix: str, snapshots: list[tuple[int, bytes]],
     values = [_value(prefix, p) for p, _ in snapshots]
     lsn_keys = [f"{prefix}:s:{p}:lsn" for p, _ in snapshots] if lsn is not None else []
     heads = [v.key("h") for v in values]
-    # first: a dead save's chunks may be what keeps the server from taking this one's
-    redis_chunks.sweep_all(client, values)
+    pending = [v.key("p") for v in values]
+    staging = any(redis_chunks.in_chunks(blob) for _, blob in snapshots)
+    if staging:  # first: a dead save's chunks may be what keeps the server from taking these
+        redis_chunks.sweep_all(client, values)
+    listed: dict[str, list[bytes]] = {}  # the pending generations, read with the switch's reads
     with redis_chunks.switching(client) as staged:
         news = [redis_chunks.written(client, value, blob, SNAPSHOT_CHUNK_BYTES, staged)
                 for value, (_, blob) in zip(values, snapshots)]
-        # only a generation staged needs its pending set (is it still listed?): a write of
-        # plain values reads and watches none
-        pending = [value.key("p") for value, _ in staged]
 
         def switch(replies: list) -> list[tuple]:
             """The switch's commands, from the `:lsn` keys, headers and pending generations
             read under WATCH."""
             stored = replies[:len(lsn_keys)]
             olds = replies[len(lsn_keys):len(lsn_keys) + len(heads)]
-            listed = dict(zip(pending, replies[len(lsn_keys) + len(heads):]))
+            listed.update(zip(pending, replies[len(lsn_keys) + len(heads):]))
             for (p, _), value in zip(snapshots, stored):
                 written_by, newer = lsn_records.unpacked(value) or (None, 0)
                 if written_by == journal and newer > lsn:
                     raise JournalFenced.stale(str(journal), p, lsn, newer)
             commands = [*(command for value, new, old in zip(values, news, olds)
                           for command in redis_chunks.switch(
-                              value, new, old, listed.get(value.key("p"), []))),
+                              value, new, old, listed[value.key("p")])),
                         *(("SET", key, lsn_records.packed(str(journal), lsn))
                           for key in lsn_keys)]
             # the SETs as one MSET, as before (no key here is both set and deleted): a SET
@@ -73,10 +78,16 @@ def put(client: redis.Redis, prefix: str, snapshots: list[tuple[int, bytes]],
             sets = [command for command in commands if command[0] == "SET"]
             return [("MSET", *(x for _, key, blob in sets for x in (key, blob))),
                     *(command for command in commands if command[0] != "SET")]
+        # every pending set read in the first exchange, which a sweep's own read cost a round
+        # trip more; watched only where a generation staged must still be listed
         guarded(client, None if journal is None else f"{prefix}:j:{journal}", owner, switch,
-                [*lsn_keys, *heads, *pending],
+                [*lsn_keys, *heads, *(value.key("p") for value, _ in staged)],
                 [*(("GET", key) for key in [*lsn_keys, *heads]),
                  *(("ZRANGE", key, 0, -1) for key in pending)])
+    if not staging:  # a dead save's chunks, after: best effort, the save is done
+        with contextlib.suppress(*ERRORS):
+            for value in values:
+                redis_chunks.sweep(client, value, listed[value.key("p")])
 
 
 def get(client: redis.Redis, prefix: str, partition: int) -> bytes | None:

@@ -377,3 +377,18 @@ def test_a_value_past_a_write_goes_alone_below_a_replicas_output_buffer_limit(st
     assert {p: store.get_snapshot(p) for p in sizes} == snapshots
     monkeypatch.undo()  # the values Kairos runs with: a quarter of the limit left for the rest
     assert max(redis_chunks.ONE_VALUE_BYTES, 2 * redis_store.PIPELINE_BYTES) <= 192 << 20
+
+
+def test_a_write_of_plain_snapshots_is_two_exchanges_with_the_server(store, monkeypatch):
+    """Its reads (the journal's fence and owner, the `:lsn` keys, the headers and the pending
+    sets, for a dead save's chunks) in one, its MULTI/EXEC in the other: the pending sets'
+    own read cost a third."""
+    store.own_journal("s0", "inc-1", claim=True)
+    store.put_snapshots({1: b"a", 2: b"b"}, unless_fenced="s0", lsn=1)  # connected
+    sent, send = [], redis.connection.Connection.send_packed_command
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command",
+                        lambda self, *args, **kwargs: (sent.append(args[0]),
+                                                       send(self, *args, **kwargs))[1])
+    store.put_snapshots({1: b"c", 2: b"d"}, unless_fenced="s0", lsn=2)
+    assert len(sent) == 2
+    assert store.get_snapshot(1) == b"c" and store.get_snapshot(2) == b"d"
