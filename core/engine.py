@@ -80,66 +80,118 @@ class _Remembered:
 
 class _Memo:
     """The decisions whose inputs are kept for their outcomes, by decision id, at most
-    `capacity`. When full, a channel holding the most lets its oldest go, the new decision's
-    own channel when it is one: a channel that floods Decides (one decide-only key bound to it)
-    pushes out its own decisions once it holds more than the others, not theirs, and a channel
-    alone still fills the whole memo (max-min fair share). A lookup is one dict's; a decision
-    costs an insertion in that dict and in its channel's order and, once full, a removal from
-    each, and a look at every channel's size only when another channel than its own lets go."""
+    `capacity`: the most recent, as one least-recently-made memo keeps them, except that a
+    channel holding no more than `floor` (capacity // (2 x the catalog's channels)) loses no
+    decision to another channel's new one. When full, the oldest decision goes whose channel
+    holds more than the floor or is the new decision's own (which then holds as many as
+    before). Ordinary traffic keeps the last `capacity` decisions whatever their channels; a
+    flood of one channel's Decides (a decide-only key bound to it) leaves every other channel
+    its floor of its most recent decisions. Within a channel it is one LRU: a flood on a
+    channel pushes out that channel's other callers' decisions, and one not bound to a channel
+    floods them all down to their floors.
+
+    `_entries` holds them in the order made, an OrderedDict. One found oldest whose channel is
+    at or below the floor is set aside, out of the way of those after it: moved to `_set_aside`
+    and its channel's `_aside` (numbered in the order set aside). Every decision set aside is
+    older than every one not, and they are numbered in the order made: so the oldest that may
+    go is the oldest set aside of a channel that may lose one (the new decision's own, or one
+    above the floor: `_over`), else the first of `_entries` that may. A decision is set aside
+    once at most: O(1) a decision, amortised (a keep that finds a run of them oldest sets the
+    run aside: at most the floors' sum, half the capacity, in all)."""
 
     def __init__(self, capacity: int, channels: int):
         self.capacity = capacity
-        self._entries: dict[str, _Remembered] = {}
-        # per channel code, its decisions' ids, oldest first
-        self._order: list[OrderedDict[str, None]] = [OrderedDict() for _ in range(channels)]
-        # always a channel's order holding the most: kept as decisions come, so that a
-        # decision looks at every channel's size only when another channel lets go
-        self._largest = self._order[0]
-        self.get = self._entries.get  # bound once: record_encoded looks up every outcome
+        self.floor = capacity // (2 * channels)
+        self._entries: OrderedDict[str, _Remembered] = OrderedDict()
+        self._count = [0] * channels  # decisions kept, per channel code
+        self._set_aside: dict[str, _Remembered] = {}
+        # per channel code, the ids of its decisions set aside, oldest first, each numbered
+        self._aside: list[OrderedDict[str, int]] = [OrderedDict() for _ in range(channels)]
+        self._numbers = itertools.count()
+        # the channels above the floor with decisions set aside (a keep while the memo was
+        # not full took it there): theirs may go, and go before any not set aside
+        self._over: set[int] = set()
+
+    def get(self, decision_id: str) -> _Remembered | None:
+        """The decision's entry, set aside or not; None once it went."""
+        entry = self._entries.get(decision_id)
+        return self._set_aside.get(decision_id) if entry is None else entry
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries) + len(self._set_aside)
 
     def values(self) -> Iterable[_Remembered]:
-        return self._entries.values()
+        return itertools.chain(self._entries.values(), self._set_aside.values())
 
     def items(self) -> Iterable[tuple[str, _Remembered]]:
-        return self._entries.items()
+        return itertools.chain(self._entries.items(), self._set_aside.items())
 
     def keep(self, decision_id: str, entry: _Remembered) -> None:
-        """Remember a new decision, letting one go if the memo was full."""
+        """Remember a new decision, letting one go if the memo was full; ValueError, the memo
+        unchanged, for a channel code that is not one of the memo's."""
+        channel = entry.channel
+        if not 0 <= channel < len(self._count):
+            raise ValueError(f"channel code {channel} is not one of the memo's "
+                             f"{len(self._count)}")
         self._entries[decision_id] = entry
-        order = self._order[entry.channel]
-        order[decision_id] = None
-        full = len(self._entries) > self.capacity
-        if len(order) >= len(self._largest):
-            if full:  # back to its size before, which was at most the largest's
-                del self._entries[order.popitem(last=False)[0]]
-            else:
-                self._largest = order
-        elif full:
-            del self._entries[self._largest.popitem(last=False)[0]]
-            self._largest = max(self._order, key=len)  # another may hold as many as it did
+        self._count[channel] += 1
+        if self._aside[channel] and self._count[channel] > self.floor:
+            self._over.add(channel)
+        if len(self._entries) + len(self._set_aside) > self.capacity:
+            self._let_go(channel)
+
+    def _let_go(self, channel: int) -> None:
+        """Let the oldest decision go that a new decision of `channel` may push out."""
+        aside, count, over = self._aside, self._count, self._over
+        if over or aside[channel]:  # set aside: older than any other that may go
+            gone = channel
+            if over:  # rare: keeps that let none go (after a drop) took these past the floor
+                mine = (channel,) if aside[channel] else ()
+                gone = min((*mine, *over), key=lambda c: next(iter(aside[c].values())))
+            del self._set_aside[aside[gone].popitem(last=False)[0]]
+            count[gone] -= 1
+            self._settle(gone)
+            return
+        entries, floor = self._entries, self.floor
+        while True:  # none set aside may go: the oldest of the others that may
+            decision_id, entry = entries.popitem(last=False)
+            held_by = entry.channel
+            if count[held_by] > floor or held_by == channel:
+                count[held_by] -= 1
+                return
+            self._set_aside[decision_id] = entry
+            aside[held_by][decision_id] = next(self._numbers)
+
+    def _settle(self, channel: int) -> None:
+        """Note whether the channel's decisions set aside may go for another's."""
+        if self._aside[channel] and self._count[channel] > self.floor:
+            self._over.add(channel)
+        else:
+            self._over.discard(channel)
 
     def __delitem__(self, decision_id: str) -> None:
-        order = self._order[self._entries.pop(decision_id).channel]
-        del order[decision_id]
-        if order is self._largest:
-            self._largest = max(self._order, key=len)
+        entry = self._entries.pop(decision_id, None)
+        channel = (self._set_aside.pop(decision_id) if entry is None else entry).channel
+        self._count[channel] -= 1
+        self._aside[channel].pop(decision_id, None)
+        self._settle(channel)
 
     def drop(self, customers: Callable[[str], bool]) -> int:
         """Let go of the decisions of the customers `customers` is true of; how many. A scan
-        of the bounded memo: dropping is rare (a forget, a partition moved away), and an index
-        per customer would cost every decision."""
-        gone = [d for d, m in self._entries.items() if customers(m.customer_id)]
+        of the bounded memo, then O(1) a decision: dropping is rare (a forget, a partition
+        moved away), and an index per customer would cost every decision."""
+        gone = [d for d, m in self.items() if customers(m.customer_id)]
         for decision_id in gone:
             del self[decision_id]
         return len(gone)
 
     def clear(self) -> None:
         self._entries.clear()
-        for order in self._order:
-            order.clear()
+        self._set_aside.clear()
+        self._count[:] = [0] * len(self._count)
+        for aside in self._aside:
+            aside.clear()
+        self._over.clear()
 
 
 _TAUGHT_POSITIVE, _TAUGHT_NEGATIVE, _TAUGHT_VALUE = 1, 2, 4
@@ -152,7 +204,7 @@ _IMPRESSION, _POSITIVE, _LABEL = int(Outcome.IMPRESSION), \
 class TaughtLabels(Protocol):
     """Which labels outcomes of decisions have taught their actions, kept where the memo is
     not: the memo is lost at a restart, a move, a catalog switch or a link, and lets a
-    decision go once later ones fill it (the oldest of the channel holding the most: `_Memo`),
+    decision go once later ones fill it (the oldest that may go: `_Memo`),
     and an outcome then would teach its label again (a shard keeps these with the customer's
     durable state: outcomes.TaughtLabels)."""
 
@@ -185,7 +237,11 @@ class DecisionEngine:
         # inputs in the memo.
         self._prefix = f"{secrets.token_hex(4)}-"
         self._decisions = itertools.count()
-        self._remembered = _Memo(self.memo_capacity, len(compiled.channel_names))
+        self._remembered = _Memo(min(DECISION_CACHE_SIZE,
+                                     DECISION_MEMO_BYTES // (8 * compiled.n_predictors)),
+                                 len(compiled.channel_names))
+        # the inputs of decisions made not to be remembered yet (`remember_held`)
+        self._held: dict[str, _Remembered] = {}
         self._read_fields = _fields_read(compiled)
         layout = compiled.layout
         self._string_slots = np.array([s for s, name in enumerate(layout.names)
@@ -357,7 +413,8 @@ class DecisionEngine:
         self.k.decide_one(self.catalog_view, self.state_view, self.model_view, self.workspace,
                           row, request.channel, request.placement, request.context, request.now,
                           request.max_actions)
-        return self._decision(0, customer_id, request.channel, request.placement, explain)
+        return self._decision(0, customer_id, request.channel, request.placement, explain,
+                              self._remembered.keep)
 
     def encode_request(self, customer_id: str, channel: str, placement: str | None = None,
                        context: Mapping[str, Any] | None = None, now: Any = None,
@@ -377,8 +434,9 @@ class DecisionEngine:
         return EncodedRequest(customer_id, ch, pl, ctx, now, max_actions)
 
     def decide_encoded(self, requests: Sequence["EncodedRequest"],
-                       explain: Sequence[bool] | bool = False) -> list[Decision]:
-        """Decisions for encoded requests, in kernel batches."""
+                       explain: Sequence[bool] | bool = False, remember: bool = True
+                       ) -> list[Decision]:
+        """Decisions for encoded requests, in kernel batches (`remember`: decide_many's)."""
         if not requests:
             return []
         flags = [explain] * len(requests) if isinstance(explain, bool) else explain
@@ -386,14 +444,24 @@ class DecisionEngine:
                                 [r.channel for r in requests], [r.placement for r in requests],
                                 np.array([r.context for r in requests]),  # as apply's
                                 [r.now for r in requests], [r.max_actions for r in requests],
-                                flags)
+                                flags, remember)
 
     def decide_many(self, customer_ids: Sequence[str], channels: Sequence[int],
                     placements: Sequence[int], contexts: np.ndarray, now: Sequence[float],
                     max_actions: Sequence[int] | None = None,
-                    explain: Sequence[bool] | bool = False) -> list[Decision]:
-        """Batch form with encoded inputs (channel and placement codes, context rows)."""
+                    explain: Sequence[bool] | bool = False, remember: bool = True
+                    ) -> list[Decision]:
+        """Batch form with encoded inputs (channel and placement codes, context rows).
+        `remember` False holds the decisions' inputs out of the memo, until `remember_held`
+        names those to remember (the others', and those held before, go): for decisions whose
+        ids may never leave the shard, which would push out of a full memo decisions that
+        outcomes may name."""
         out: list[Decision] = []
+        if remember:
+            keep = self._remembered.keep
+        else:
+            self._held = {}  # those held before go
+            keep = self._held.__setitem__
         n_ctx = contexts.shape[1]
         for start in range(0, len(customer_ids), self.workspace.capacity):
             ids = customer_ids[start:start + self.workspace.capacity]
@@ -409,12 +477,12 @@ class DecisionEngine:
             out.extend(self._decision(i, ids[i], int(channels[start + i]),
                                       int(placements[start + i]),
                                       explain if isinstance(explain, bool) else
-                                      explain[start + i])
+                                      explain[start + i], keep)
                        for i in range(len(ids)))
         return out
 
     def _decision(self, i: int, customer_id: str, channel: int, placement: int,
-                  explain: bool) -> Decision:
+                  explain: bool, keep: Callable[[str, _Remembered], None]) -> Decision:
         ws, c = self.workspace, self.compiled
         n = int(ws.out_count[i])
         codes = tuple(ws.out_action[i, :n].tolist())
@@ -424,8 +492,8 @@ class DecisionEngine:
         decision_id = f"{self._prefix}{next(self._decisions):x}"
         # item by item: a fancy index and its tolist cost some 1.6 us more per decision
         values = tuple([ws.catalog_values.item(i, a) for a in codes])
-        self._remembered.keep(decision_id, _Remembered(customer_id, channel,
-                                                       ws.predictors[i].copy(), codes, values))
+        keep(decision_id, _Remembered(customer_id, channel, ws.predictors[i].copy(), codes,
+                                      values))
         if self.keep_eligible:
             self.eligible[decision_id] = _PASSED[ws.reasons[i]].nonzero()[0]
         explanation = self._explain(i, channel, actions) if explain else None
@@ -504,7 +572,15 @@ class DecisionEngine:
     def memo_capacity(self) -> int:
         """How many decisions' inputs the memo keeps: DECISION_CACHE_SIZE, fewer for models
         with so many inputs that they would take more than DECISION_MEMO_BYTES."""
-        return min(DECISION_CACHE_SIZE, DECISION_MEMO_BYTES // (8 * self.compiled.n_predictors))
+        return self._remembered.capacity
+
+    def remember_held(self, decision_ids: Collection[str]) -> None:
+        """Remember those named of the decisions last made with `remember` False, in the
+        order made; the inputs of the others go."""
+        held, self._held = self._held, {}
+        for decision_id, entry in held.items():
+            if decision_id in decision_ids:
+                self._remembered.keep(decision_id, entry)
 
     def forget(self, customer_id: str) -> None:
         """Drop what the decision memo keeps of the customer (ForgetCustomer)."""

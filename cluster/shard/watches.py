@@ -261,8 +261,9 @@ class Watches:
             for (channel, placement), sinks in by_view.items():
                 keys.append((customer_id, (channel, placement), sinks))
                 encoded.append(engine.encode_request(customer_id, channel, placement, None, now))
-        pushes = []
-        for (customer_id, view, sinks), decision in zip(keys, engine.decide_encoded(encoded)):
+        pushes, pushed = [], set()
+        for (customer_id, view, sinks), decision in zip(
+                keys, engine.decide_encoded(encoded, remember=False)):
             best = tuple(a.action_id for a in decision.actions)
             shown = self.shown.setdefault(customer_id, {})
             if shown.get(view) != best:
@@ -270,6 +271,10 @@ class Watches:
                 self._ctx.counts["nba_changes"] += 1
                 pushes.extend(Push(sink, decision, tuple(sorted(ids - {customer_id})))
                               for sink, ids in sinks.items())
+                pushed.add(decision.decision_id)
+        # only a pushed decision's id leaves the shard, for outcomes to name: the memo keeps
+        # no other, which would push out of it one that a client may answer
+        engine.remember_held(pushed)
         return pushes
 
     def forgotten(self, customer_id: str) -> None:

@@ -22,8 +22,8 @@ def test_a_released_partitions_customers_leave_the_previous_owners_memo(compiled
 
 
 def test_a_release_drops_its_customers_decisions_on_every_channel(compiled, monkeypatch):
-    """Their decisions on each channel go, the kept partitions' stay on each, and the memo
-    still lets a flooding channel push out only its own decisions after."""
+    """Their decisions on each channel go, the kept partitions' stay on each, and a web flood
+    after pushes out web's, leaving the other channels theirs (under their floor, 30 // 12)."""
     monkeypatch.setattr("kairos.core.engine.DECISION_CACHE_SIZE", 30)
     store = MemoryStore(shared=True)
     a = shard(compiled, "a", store=store)
