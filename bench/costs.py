@@ -47,7 +47,8 @@ from kairos.cluster.storage import redis_server
 from kairos.cluster.storage.decision_logs import entry_size
 from kairos.cluster.storage.directory_store import DirectoryStore
 from kairos.cluster.storage.redis_journal import REPLAY_PAGE
-from kairos.cluster.storage.redis_store import RedisStore, _zrems
+from kairos.cluster.storage.redis_log import _zrems
+from kairos.cluster.storage.redis_store import RedisStore
 from kairos.cluster.transport import pinned
 from kairos.cluster.transport.dataplane import PlaneConnection, PlaneServer
 from kairos.core.catalog import MAX_SELECTION_WORK, SELECTION_DRAW_PASSES, load_catalog
