@@ -4,7 +4,7 @@ requests against, the caller's deadline, and the bound on its work in flight.
 A runtime call runs within the caller's deadline less a margin (kept back to answer in time,
 a fallback decision included) and counts as in flight while it runs, in all and as its API
 key's. `InflightLimit` refuses new calls with RESOURCE_EXHAUSTED before their handlers run:
-past GATEWAY_INFLIGHT_LIMIT, past what a key may hold of it (`check_capacity`), and the share
+past GATEWAY_INFLIGHT_LIMIT, past what a key may hold of it (inflight.py), and the share
 the gateway sheds when its calls queue (admission.py). `abort` maps the runtime's errors to
 status codes.
 """
@@ -26,14 +26,14 @@ from kairos.core.compiler import CompiledCatalog, compiled_from_text
 from kairos.core.errors import InputError
 
 from kairos.cluster.gateway.admission import Shedder
-from kairos.cluster.gateway.auth import Denied, caller, refusal
+from kairos.cluster.gateway.auth import Denied, refusal
+from kairos.cluster.gateway.inflight import Inflight, key_label
 from kairos.cluster.gateway.requests import Who, view
 from kairos.cluster.gateway.streambounds import Open
 from kairos.cluster.gateway.streams import WATCH_AGAIN, Ended, Watch, Watches
 from kairos.cluster.protocol import BEING_FORGOTTEN, EXPIRED
 from kairos.cluster.settings import (DEADLINE_MARGIN_S, DEADLINE_MARGIN_SHARE, DEFAULT_DEADLINE_S,
-                                     GATEWAY_INFLIGHT_LIMIT, GATEWAY_KEY_FLOOR,
-                                     GATEWAY_KEY_SHARE_FROM, INGEST_STREAMS,
+                                     GATEWAY_INFLIGHT_LIMIT, INGEST_STREAMS,
                                      INGEST_STREAMS_PER_HOST, INGEST_STREAMS_PER_KEY)
 from kairos.cluster.throttled import ThrottledWarning
 from kairos.cluster.transport.backend import Backend, NotCarried, NotSent, Unavailable
@@ -51,7 +51,6 @@ CATALOG_RETRY_S = (1.0, 5.0)
 CATALOG_FAILED_LOG_S = 60.0  # the most often such a failure is logged
 ENDPOINTS_REFRESH_S = 1.0  # the most often GetRoutes asks the controller for the endpoints
 SHEDDER_RESTART_S = 5.0  # after the load shedder failed, until it starts again
-FLOOR_OF_LIMIT = 16  # GATEWAY_KEY_FLOOR is at most the limit over this (settings.py)
 UNAVAILABLE_LOG_S = 10.0  # the most often the detail behind an UNAVAILABLE answer is logged
 # What a caller is told for each kind of Unavailable, and whether it may have been applied;
 # the detail (shard names, sockets, internal errors) is for the gateway's log only.
@@ -85,22 +84,20 @@ T = TypeVar("T")
 log = logging.getLogger("kairos.gateway")
 
 
-class Gateway:
+class Gateway(Inflight):
     """One gateway's state: its name (where shards push watched decisions), the node it runs
     on (when known), the client it routes through, the controller behind `backend`, its watch
-    streams, and its calls in flight (in all, and by API key: `count`)."""
+    streams, and its calls in flight (in all, and by API key: `Inflight`)."""
 
     def __init__(self, name: str, client: KairosClient, backend: Backend,
                  node: str | None = None):
-        self.name = name
+        super().__init__(name, lambda: GATEWAY_INFLIGHT_LIMIT)  # a test's limit too
         self.node = node
         self.client = client
         self.backend = backend
         self.watches = Watches(name, client, backend)
         self.ingest_streams = Open("ingest", "INGEST_STREAMS", lambda: (
             INGEST_STREAMS, INGEST_STREAMS_PER_KEY, INGEST_STREAMS_PER_HOST))
-        self.inflight = 0
-        self.inflight_of: dict[str, int] = {}  # by key label (`key_label`), none at 0
         self.fallbacks: Tally = Tally()  # fallback decisions answered, by why
         self.watches_refused: Tally = Tally()  # health Watches past their bound, by answer
         self.shedder = Shedder()
@@ -303,71 +300,12 @@ class Gateway:
         finally:
             self.uncount(key)
 
-    def count(self, key: str | None, calls: int = 1) -> None:
-        """`calls` more runtime calls in flight, of `key` (`key_label()`; None: of no key's
-        share, not counted apart)."""
-        self.inflight += calls
-        if key is not None and calls:
-            self.inflight_of[key] = self.inflight_of.get(key, 0) + calls
-
-    def uncount(self, key: str | None, calls: int = 1) -> None:
-        """`calls` that `count` counted are done: a key with none left is dropped."""
-        self.inflight -= calls
-        if key is None:
-            return
-        if held := self.inflight_of.get(key, 0) - calls:
-            self.inflight_of[key] = held
-        else:  # (none counted at all for an empty batch)
-            self.inflight_of.pop(key, None)
-
-    def count_until_answered(self, reply: asyncio.Future) -> None:
-        """The runtime call of `reply` counts in flight, as the caller's, until its shard
-        answers (or it is given up), whether or not its caller has read it yet."""
-        key = key_label()
-        self.count(key)
-        reply.add_done_callback(lambda _: self.uncount(key))
-
     async def as_customer(self, who: Who, call: Callable[[str], Awaitable]) -> Any:
         """`call(customer_id)` for the customer a request names, its alias resolved."""
         customer_id = who.customer_id
         if who.alias_key is not None:
             customer_id = await self.client.resolve_key(who.alias_key)
         return await call(customer_id)
-
-    def check_capacity(self, adding: int = 1) -> None:
-        """Busy if `adding` more calls of the caller's key would take the gateway past
-        GATEWAY_INFLIGHT_LIMIT in flight, or, past GATEWAY_KEY_SHARE_FROM of it (`fair`), the
-        key past what it may hold: the floor, always (new and small keys get in: the last half
-        of the room past `fair` is theirs); below that, its share (`fair` split among the keys
-        in flight, at least the floor), or one batch while it holds none (`key_label`)."""
-        total = self.inflight + adding
-        if total > GATEWAY_INFLIGHT_LIMIT:
-            raise Busy(f"gateway {self.name} has {self.inflight} calls in flight"
-                       + _passing(adding, "limit"))
-        fair = int(GATEWAY_INFLIGHT_LIMIT * GATEWAY_KEY_SHARE_FROM)
-        if total <= fair or (key := key_label()) is None:
-            return
-        held = self.inflight_of.get(key, 0)
-        floor = max(1, min(GATEWAY_KEY_FLOOR, GATEWAY_INFLIGHT_LIMIT // FLOOR_OF_LIMIT))
-        if held + adding <= floor:
-            return
-        if total > (kept := fair + (GATEWAY_INFLIGHT_LIMIT - fair) // 2):
-            raise self._past(fair, key, held, adding, f"the calls from {kept} to the limit are "
-                             f"kept for keys holding at most {floor} (KAIROS_GATEWAY_KEY_FLOOR, "
-                             f"at most 1/{FLOOR_OF_LIMIT} of the limit), so that every key gets "
-                             f"some in")
-        keys = len(self.inflight_of)  # a key holding calls among them; one holding none gets in
-        if held and held + adding > (share := max(floor, fair // keys)):
-            among = "this key alone" if keys == 1 else f"the {keys} keys with calls in flight"
-            raise self._past(fair, key, held, adding, f"a key holding calls may hold its "
-                             f"share, {share}: {fair} split among {among}, at least {floor}")
-
-    def _past(self, fair: int, key: str, held: int, adding: int, why: str) -> Busy:
-        """The refusal of a key's calls past `fair` in flight, saying `why`."""
-        return Busy(f"gateway {self.name} has {self.inflight} calls in flight, {held} of them of "
-                    f"key '{key}'" + (f", and {adding} more would exceed what it may hold" if
-                                      adding > 1 else "") + f": past {fair} in flight "
-                    f"(KAIROS_GATEWAY_KEY_SHARE_FROM of the limit), {why}")
 
     def admit(self) -> None:
         """Raise Busy for a new call the gateway sheds, or one past its in-flight limit."""
@@ -401,23 +339,6 @@ class InflightLimit(grpc.aio.ServerInterceptor):
         except Busy as exc:
             return refusal(handler, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         return handler
-
-
-def key_label() -> str | None:
-    """What the current call counts in flight as: its API key's label (`ApiKey.label`, unique
-    per configured key), None without auth, on a gateway of one key, or for work no call was
-    admitted for (counting checks no right: the auth interceptor refused every call it did
-    not admit): such calls are of no key's share."""
-    try:
-        key = caller()
-    except Denied:
-        return None
-    return None if key is None else key.label
-
-
-def _passing(adding: int, bound: str) -> str:
-    """What a refusal of several calls at once (a batch's events) says more."""
-    return f", and {adding} more would pass its {bound}" if adding > 1 else ""
 
 
 def _view_left(catalog: CompiledCatalog, watch: Watch) -> str | None:

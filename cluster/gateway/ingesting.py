@@ -16,7 +16,8 @@ from kairos.cluster import protocol
 from kairos.cluster.gateway import requests, wire
 from kairos.cluster.gateway.auth import Denied, caller, check_channel, require_scope
 from kairos.cluster.gateway.bounds import host_of
-from kairos.cluster.gateway.calls import FORGOTTEN_IN_CALL, Gateway, abort, key_label
+from kairos.cluster.gateway.calls import FORGOTTEN_IN_CALL, Gateway, abort
+from kairos.cluster.gateway.inflight import key_label
 from kairos.cluster.gateway.streambounds import IdleLimit, WaitLimit
 from kairos.cluster.settings import INGEST_STREAM_IDLE_S, INGEST_STREAM_STALL_S, STREAM_WINDOW
 from kairos.cluster.transport.backend import NotCarried, NotSent, Unavailable

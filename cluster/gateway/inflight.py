@@ -1,0 +1,104 @@
+"""A gateway's runtime calls in flight, in all and by API key, and what a key may add to them.
+
+Past GATEWAY_INFLIGHT_LIMIT no call is admitted; past GATEWAY_KEY_SHARE_FROM of it (`fair`), a
+key only up to what it may hold (`Inflight.check_capacity`), so that one key's flood, or
+several keys', leaves every other key some room.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+from kairos.cluster.gateway.auth import Denied, caller
+from kairos.cluster.settings import GATEWAY_KEY_FLOOR, GATEWAY_KEY_SHARE_FROM
+from kairos.cluster.transport.client import Busy
+
+FLOOR_OF_LIMIT = 16  # GATEWAY_KEY_FLOOR is at most the limit over this (settings.py)
+
+
+class Inflight:
+    """The calls in flight of the gateway `name` (in all, and by key: `count`), against the
+    limit `limit()` gives (read at each check)."""
+
+    def __init__(self, name: str, limit: Callable[[], int]) -> None:
+        self.name = name
+        self._limit = limit
+        self.inflight = 0
+        self.inflight_of: dict[str, int] = {}  # by key label (`key_label`), none at 0
+
+    def count(self, key: str | None, calls: int = 1) -> None:
+        """`calls` more runtime calls in flight, of `key` (`key_label()`; None: of no key's
+        share, not counted apart)."""
+        self.inflight += calls
+        if key is not None and calls:
+            self.inflight_of[key] = self.inflight_of.get(key, 0) + calls
+
+    def uncount(self, key: str | None, calls: int = 1) -> None:
+        """`calls` that `count` counted are done: a key with none left is dropped."""
+        self.inflight -= calls
+        if key is None:
+            return
+        if held := self.inflight_of.get(key, 0) - calls:
+            self.inflight_of[key] = held
+        else:  # (none counted at all for an empty batch)
+            self.inflight_of.pop(key, None)
+
+    def count_until_answered(self, reply: asyncio.Future) -> None:
+        """The runtime call of `reply` counts in flight, as the caller's, until its shard
+        answers (or it is given up), whether or not its caller has read it yet."""
+        key = key_label()
+        self.count(key)
+        reply.add_done_callback(lambda _: self.uncount(key))
+
+    def check_capacity(self, adding: int = 1) -> None:
+        """Busy if `adding` more calls of the caller's key would take the gateway past
+        GATEWAY_INFLIGHT_LIMIT in flight, or, past GATEWAY_KEY_SHARE_FROM of it (`fair`), the
+        key past what it may hold: the floor, always (new and small keys get in: the last half
+        of the room past `fair` is theirs); below that, its share (`fair` split among the keys
+        in flight, at least the floor), or one batch while it holds none (`key_label`)."""
+        limit = self._limit()
+        total = self.inflight + adding
+        if total > limit:
+            raise Busy(f"gateway {self.name} has {self.inflight} calls in flight"
+                       + _passing(adding, "limit"))
+        fair = int(limit * GATEWAY_KEY_SHARE_FROM)
+        if total <= fair or (key := key_label()) is None:
+            return
+        held = self.inflight_of.get(key, 0)
+        floor = max(1, min(GATEWAY_KEY_FLOOR, limit // FLOOR_OF_LIMIT))
+        if held + adding <= floor:
+            return
+        if total > (kept := fair + (limit - fair) // 2):
+            raise self._past(fair, key, held, adding, f"the calls from {kept} to the limit are "
+                             f"kept for keys holding at most {floor} (KAIROS_GATEWAY_KEY_FLOOR, "
+                             f"at most 1/{FLOOR_OF_LIMIT} of the limit), so that every key gets "
+                             f"some in")
+        keys = len(self.inflight_of)  # a key holding calls among them; one holding none gets in
+        if held and held + adding > (share := max(floor, fair // keys)):
+            among = "this key alone" if keys == 1 else f"the {keys} keys with calls in flight"
+            raise self._past(fair, key, held, adding, f"a key holding calls may hold its "
+                             f"share, {share}: {fair} split among {among}, at least {floor}")
+
+    def _past(self, fair: int, key: str, held: int, adding: int, why: str) -> Busy:
+        """The refusal of a key's calls past `fair` in flight, saying `why`."""
+        return Busy(f"gateway {self.name} has {self.inflight} calls in flight, {held} of them of "
+                    f"key '{key}'" + (f", and {adding} more would exceed what it may hold" if
+                                      adding > 1 else "") + f": past {fair} in flight "
+                    f"(KAIROS_GATEWAY_KEY_SHARE_FROM of the limit), {why}")
+
+
+def key_label() -> str | None:
+    """What the current call counts in flight as: its API key's label (`ApiKey.label`, unique
+    per configured key), None without auth, on a gateway of one key, or for work no call was
+    admitted for (counting checks no right: the auth interceptor refused every call it did
+    not admit): such calls are of no key's share."""
+    try:
+        key = caller()
+    except Denied:
+        return None
+    return None if key is None else key.label
+
+
+def _passing(adding: int, bound: str) -> str:
+    """What a refusal of several calls at once (a batch's events) says more."""
+    return f", and {adding} more would pass its {bound}" if adding > 1 else ""
