@@ -27,9 +27,10 @@ tries: meta's `_switch` looks again till it runs), but never a generation the he
 its chunks unreferenced, but listed: while
 it writes, each generation is in the sorted set `<prefix>:mp:<key>` and keeps
 `<prefix>:ma:<key>:<generation>` alive, a key each chunk sets to expire in STALE_S by the
-server's clock (the hosts' may differ). The key's next save first deletes, in one MULTI/EXEC
-under WATCH, the chunks of a generation still listed whose key expired (`sweep`); a save that
-finds its generation so deleted fails (StoreUnavailable) rather than switch to it. The
+server's clock (the hosts' may differ). The key's next save first deletes the chunks of a
+generation still listed whose key expired and that the header does not name, once a ZREM of
+its own unlisted it (`sweep`: not in a MULTI, which a server over maxmemory refuses whole); a
+save that finds its generation so unlisted fails (StoreUnavailable) rather than switch to it. The
 commands are those README lists for an ACL user. A switch's reply lost where redis-py says
 WatchError (a connection that failed while it watched keys) is looked at again: a header
 already naming the save's generation is its own switch, which landed (`switch`).
@@ -279,9 +280,13 @@ def sweep_all(client: redis.Redis, values: list[Value]) -> None:
 
 def sweep(client: redis.Redis, value: Value, members: list[bytes]) -> None:
     """Delete the chunks of those pending generations, `members`, whose save was killed
-    (their key expired), if still pending when the delete runs: one a save just switched in
-    has no key either, and a header names its chunks. Never a generation this process is
-    still to switch to: its key is alive while it writes, and deleted by its switch."""
+    (their key expired), each claimed first by a ZREM of its own that removed it: one a save
+    just switched in was unlisted by its switch (ZREM 0: nothing deleted), one a switch that
+    failed part way set in the header without its ZREM is skipped (a header names its
+    chunks), and a save that resumes finds its generation unlisted and fails (`swept`). Not
+    in a MULTI, which a server over maxmemory refuses whole: a full server is when a dead
+    save's chunks most need to go. Never a generation this process is still to switch to: its
+    key is alive while it writes, and deleted by its switch."""
     if not members:
         return
     alive = [_alive(value, m.decode().partition(":")[0]) for m in members]
@@ -293,14 +298,14 @@ def sweep(client: redis.Redis, value: Value, members: list[bytes]) -> None:
         if seen is not None:
             continue
         generation, _, count = member.decode().partition(":")
-        with client.pipeline(transaction=True) as tx, contextlib.suppress(redis.WatchError):
-            tx.watch(value.key("p"), mark)  # a chunk written or a switch meanwhile: kept
-            if tx.get(mark) is not None or member not in tx.zrange(value.key("p"), 0, -1):
-                continue
-            tx.multi()
-            tx.zrem(value.key("p"), member)  # in one EXEC with the DEL: a switch before or after
-            tx.delete(*_chunks(value, generation, int(count)))
-            tx.execute()
+        chunks = _chunks(value, generation, int(count))
+        with client.pipeline(transaction=False) as pipe:  # still dead, and not the header's
+            pipe.get(mark)
+            pipe.get(value.key("h"))
+            seen, header = pipe.execute()
+        if seen is None and _generation(header) != generation and \
+                client.zrem(value.key("p"), member):
+            client.delete(*chunks)
 
 
 def swept(value: Value) -> StoreUnavailable:

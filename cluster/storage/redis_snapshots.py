@@ -11,7 +11,8 @@ serves nothing till this version is back or the loss is accepted), where none wo
 replay a journal truncated past the snapshot, silently losing what the snapshot held.
 
 A write with chunks to write first sweeps its partitions' dead saves (redis_chunks.py `sweep`);
-one of plain values alone sweeps them after its switch, best effort, from the pending sets the
+one of plain values alone sweeps them after its switch, best effort, landed or refused (a server
+that dead saves' chunks filled past maxmemory takes the next write), from the pending sets the
 switch's first exchange read (no round trip of its own where none is listed). Then the chunks are
 written, under a generation no reader knows; then one MULTI/EXEC, under WATCH of the journal's
 fence and owner (redis_journal.py `guarded`), of the partitions' `:lsn` keys and headers, and
@@ -27,6 +28,7 @@ A damaged snapshot in chunks is StoreCorrupt naming every key to delete (`get`).
 from __future__ import annotations
 
 import contextlib
+from typing import Iterator
 
 import redis
 
@@ -54,7 +56,8 @@ def put(client: redis.Redis, prefix: str, snapshots: list[tuple[int, bytes]],
     if staging:  # first: a dead save's chunks may be what keeps the server from taking these
         redis_chunks.sweep_all(client, values)
     listed: dict[str, list[bytes]] = {}  # the pending generations, read with the switch's reads
-    with redis_chunks.switching(client) as staged:
+    with _swept_after(client, values, None if staging else listed), \
+            redis_chunks.switching(client) as staged:
         news = [redis_chunks.written(client, value, blob, SNAPSHOT_CHUNK_BYTES, staged)
                 for value, (_, blob) in zip(values, snapshots)]
 
@@ -84,10 +87,20 @@ def put(client: redis.Redis, prefix: str, snapshots: list[tuple[int, bytes]],
                 [*lsn_keys, *heads, *(value.key("p") for value, _ in staged)],
                 [*(("GET", key) for key in [*lsn_keys, *heads]),
                  *(("ZRANGE", key, 0, -1) for key in pending)])
-    if not staging:  # a dead save's chunks, after: best effort, the save is done
+
+
+@contextlib.contextmanager
+def _swept_after(client: redis.Redis, values: list[Value],
+                 listed: dict[str, list[bytes]] | None) -> Iterator[None]:
+    """With `listed` (a write of plain values), sweep the pending generations the switch read
+    into it once the block ends, best effort: done, or refused, as by a server that dead saves'
+    chunks filled past maxmemory, which the next write then finds freed."""
+    try:
+        yield
+    finally:
         with contextlib.suppress(*ERRORS):
-            for value in values:
-                redis_chunks.sweep(client, value, listed[value.key("p")])
+            for value in values if listed is not None else []:
+                redis_chunks.sweep(client, value, listed.get(value.key("p"), []))
 
 
 def get(client: redis.Redis, prefix: str, partition: int) -> bytes | None:

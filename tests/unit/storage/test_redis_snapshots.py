@@ -392,3 +392,26 @@ def test_a_write_of_plain_snapshots_is_two_exchanges_with_the_server(store, monk
     store.put_snapshots({1: b"c", 2: b"d"}, unless_fenced="s0", lsn=2)
     assert len(sent) == 2
     assert store.get_snapshot(1) == b"c" and store.get_snapshot(2) == b"d"
+
+
+def test_a_full_server_sweeps_a_dead_saves_chunks_then_takes_a_write(store, redis_server):
+    """Redis refuses any command queued in a MULTI while over maxmemory: the sweep claims a
+    dead generation by a ZREM of its own, then DELs its chunks, so a server the chunks of a
+    killed save filled frees them; a plain write refused there sweeps, and the next is taken."""
+    store.put_snapshots({1: b"small before"})
+    value = redis_snapshots._value(store.prefix, 1)
+    staged = redis_chunks.stage(store.r, value, os.urandom(8 * CHUNK), CHUNK)  # killed
+    store.r.pexpire(redis_chunks._alive(value, staged.member.partition(":")[0]), 1)
+    time.sleep(0.05)
+    admin = redis_server.client()
+    limit = admin.config_get("maxmemory")["maxmemory"]
+    admin.config_set("maxmemory", admin.info("memory")["used_memory"] - (1 << 20))
+    try:
+        with pytest.raises(StoreUnavailable, match="maxmemory"):
+            store.put_snapshots({1: b"small after"})
+        assert not [k for k in _keys(store) if b":sc:" in k]
+        store.put_snapshots({1: b"small after"})
+        redis_chunks.sweep_all(store.r, [value])  # nothing listed is left to sweep
+    finally:
+        admin.config_set("maxmemory", limit)
+    assert store.get_snapshot(1) == b"small after" and store.r.zrange(value.key("p"), 0, -1) == []
