@@ -7,6 +7,8 @@ several keys', leaves every other key some room.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import deque
 from typing import Callable
 
 from kairos.cluster.gateway.auth import Denied, caller
@@ -25,6 +27,7 @@ class Inflight:
         self._limit = limit
         self.inflight = 0
         self.inflight_of: dict[str, int] = {}  # by key label (`key_label`), none at 0
+        self._waiters: deque[asyncio.Future] = deque()  # `room`'s, first come first
 
     def count(self, key: str | None, calls: int = 1) -> None:
         """`calls` more runtime calls in flight, of `key` (`key_label()`; None: of no key's
@@ -34,14 +37,59 @@ class Inflight:
             self.inflight_of[key] = self.inflight_of.get(key, 0) + calls
 
     def uncount(self, key: str | None, calls: int = 1) -> None:
-        """`calls` that `count` counted are done: a key with none left is dropped."""
+        """`calls` that `count` counted are done: a key with none left is dropped, and as many
+        of `room`'s waiters as calls freed are woken, first come first."""
         self.inflight -= calls
-        if key is None:
-            return
-        if held := self.inflight_of.get(key, 0) - calls:
-            self.inflight_of[key] = held
-        else:  # (none counted at all for an empty batch)
-            self.inflight_of.pop(key, None)
+        if key is not None:
+            if held := self.inflight_of.get(key, 0) - calls:
+                self.inflight_of[key] = held
+            else:  # (none counted at all for an empty batch)
+                self.inflight_of.pop(key, None)
+        if self._waiters:
+            self._wake(calls)
+
+    def _wake(self, calls: int) -> None:
+        """Wake the first `calls` waiters still waiting (one timed out or cancelled may be
+        here until its task runs: `_leave`)."""
+        while calls > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                calls -= 1
+
+    async def room(self, refused: Busy, within_s: float) -> None:
+        """Wait for room for a call of the caller's key, which `check_capacity` `refused`,
+        raising the last refusal if none comes within `within_s`. Waiters are woken as calls
+        end (`uncount`), first come first; one still refused when woken (the room went to
+        another key's call, or its key is past its share) waits again at the queue's head.
+        Nothing runs while nothing ends: 4,096 streams polling for room took 90-97% of a core
+        and set the shedder refusing 90% of every key's calls."""
+        loop = asyncio.get_running_loop()
+        until, first = loop.time() + within_s, False
+        while True:
+            waiter = loop.create_future()
+            (self._waiters.appendleft if first else self._waiters.append)(waiter)
+            try:
+                async with asyncio.timeout_at(until):
+                    await waiter
+            except TimeoutError:
+                self._leave(waiter)
+                raise refused from None
+            except BaseException:
+                self._leave(waiter)
+                raise
+            try:
+                return self.check_capacity()
+            except Busy as exc:
+                refused, first = exc, True
+
+    def _leave(self, waiter: asyncio.Future) -> None:
+        """A waiter gives up (timed out, or its stream cancelled): its place goes, and a wake
+        it was given passes to the next."""
+        if waiter.done() and not waiter.cancelled():
+            self._wake(1)
+        with contextlib.suppress(ValueError):  # woken: no longer queued
+            self._waiters.remove(waiter)
 
     def count_until_answered(self, reply: asyncio.Future) -> None:
         """The runtime call of `reply` counts in flight, as the caller's, until its shard

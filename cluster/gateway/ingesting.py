@@ -30,9 +30,6 @@ BATCH_LIMIT = 10_000  # events in one IngestBatch (the proto says so)
 # A batch's events checked, and acked, between turns of the event loop: 9,000 at once held it
 # for 70-130 ms (checks), 30-60 ms (acks), and Decides with short deadlines failed meanwhile
 CHUNK = 256
-# A stream's event without room in flight looks again after the first, doubled up to the second
-# (polled: a wake-up at each call's end would cost every call, and wake every waiting stream)
-ROOM_POLL_S = (0.001, 0.05)
 IDLE = (f"the stream sent no event for {INGEST_STREAM_IDLE_S:.0f} s (KAIROS_INGEST_STREAM_IDLE_S): "
         f"the gateway ended it; the events acked on it were applied, none after them: open a "
         f"new stream to send more")
@@ -380,18 +377,13 @@ class _Stall(WaitLimit):
 async def _room(gateway: Gateway, refused: Busy) -> None:
     """Wait for room for a stream's next event, which `gateway.check_capacity` `refused`; Busy,
     saying so, if none comes within INGEST_STREAM_STALL_S."""
-    loop = asyncio.get_running_loop()
-    until, wait = loop.time() + INGEST_STREAM_STALL_S, ROOM_POLL_S[0]
-    while (left := until - loop.time()) > 0:
-        await asyncio.sleep(min(wait, left))
-        wait = min(2 * wait, ROOM_POLL_S[1])
-        try:
-            return gateway.check_capacity()
-        except Busy as exc:
-            refused = exc
-    raise Busy(f"{refused}; the stream's next event waited {INGEST_STREAM_STALL_S:g} s for "
-               f"room (KAIROS_INGEST_STREAM_STALL_S): the gateway ended the stream; the events "
-               f"acked on it were applied, none after them: send again from the first not acked")
+    try:
+        await gateway.room(refused, INGEST_STREAM_STALL_S)
+    except Busy as exc:
+        raise Busy(f"{exc}; the stream's next event waited {INGEST_STREAM_STALL_S:g} s for room "
+                   f"(KAIROS_INGEST_STREAM_STALL_S): the gateway ended the stream; the events "
+                   f"acked on it were applied, none after them: send again from the first not "
+                   f"acked") from None
 
 
 def _end_stalled(context, handler: asyncio.Task, why: str) -> asyncio.Future:
