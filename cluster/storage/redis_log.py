@@ -1,20 +1,20 @@
 """A decision log (decision_logs.py) on Redis (redis_store.py `decision_log`).
 
 With KAIROS_REDIS_REPLICAS, its appends, removals and an emptied log's removal are WAITed for
-(redis_replicas.py). A trim or erasure that removes nothing may retry one whose ZREMs ran and
-whose WAIT failed: it is not done until the replicas hold those ZREMs, which a replicated
-write sent after them and WAITed for (`_no_op`) says, as any WAITed write after them does (a
-replica's acknowledgement of an offset covers every write before it, from any connection). An
-erasure reaches every log of the store (shard/decisionlog.py `_erase`), so its pass sends that
-no-op once at most (`Pass`): not where a removal of the pass was WAITed, and once a WAIT of the
-pass failed, the pass's other logs that removed nothing fail with ReplicasBehind at once rather
-than each wait out REDIS_REPLICAS_WAIT_S. What another remover (a trim, another shard's
-erasure) removed after the pass's WAIT, of a log the pass comes to later, that remover's own
-WAIT covers: until it succeeds, that remover retries.
+(redis_replicas.py). A trim that removes nothing may retry one whose ZREMs ran and whose WAIT
+failed, and what an erasure's scan did not find another remover (a trim, another shard's
+erasure) may have removed with a WAIT that failed: neither is done until the replicas hold
+those ZREMs, which a WAITed write sent after them says (a replica's acknowledgement of an offset
+covers every write before it, from any connection): an erasure's last removal, if WAITed after
+its scan ended, else a no-op sent then (`_no_op`), one a log. An erasure reaches every log of
+the store (shard/decisionlog.py `_erase`): once a WAIT of its pass failed (`Pass`), the pass's
+later writes are sent without WAIT and fail with ReplicasBehind at once, so a pass with a
+replica away waits out REDIS_REPLICAS_WAIT_S once, not once a log.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 from typing import Callable, Iterator, TypeVar
 
@@ -33,27 +33,30 @@ T = TypeVar("T")
 class Pass:
     """The erasure pass under way on a store: each begins by listing the logs (redis_store.py
     `decision_logs`; another listing meanwhile begins another, which costs at most a WAIT more).
-    Which pass last had a WAIT acknowledged, and which last had one fail: a token each, so a
-    WAIT sent before a pass began never counts for it."""
+    Which pass last had a WAIT fail: a token, so one that failed before a pass began never
+    counts for it."""
 
     def __init__(self) -> None:
         self.current = object()
-        self.waited: object | None = None
         self.failed: object | None = None
 
     def begin(self) -> None:
         self.current = object()
 
-    def waiting(self, write: Callable[[], T]) -> T:
-        """`write`'s reply (a write WAITed for), its WAIT's outcome noted for this pass."""
+    def waiting(self, write: Callable[[], T], unwaited: Callable[[], object]) -> T:
+        """`write`'s reply (a write WAITed for), a failed WAIT noted for this pass; once one
+        has failed, `unwaited` (the write without WAIT) and ReplicasBehind at once."""
         now = self.current
+        if self.failed is now:
+            unwaited()
+            raise ReplicasBehind("an earlier WAIT of this erasure pass failed: its later "
+                                 "writes are not waited for, nor known to be held by the "
+                                 "replicas")
         try:
-            reply = write()
+            return write()
         except ReplicasBehind:
             self.failed = now
             raise
-        self.waited = now
-        return reply
 
 
 class RedisLog:
@@ -136,26 +139,16 @@ class RedisLog:
         store's last listing of the logs began (the module's text)."""
         theirs = (member for member, _ in self.r.zscan_iter(self.key, count=REPLAY_PAGE)
                   if msgpack.unpackb(member, raw=False)[0] in customer_ids)
-        dropped = 0
+        dropped, held = 0, False
         while page := list(itertools.islice(theirs, REPLAY_PAGE)):
-            dropped += self._remove(page)
+            removed = self._remove(page, self._erasures)
+            dropped += removed
+            held = bool(removed) and len(page) < REPLAY_PAGE  # WAITed after the scan ended
         if dropped:  # the ZREMs, and the members they name, stay in the AOF till a rewrite
             redis_aof.rewrite(self.r)
-        else:
-            self._held()
+        if not held and redis_replicas.REPLICAS:  # what the scan did not find (module's text)
+            self._erasures.waiting(self._no_op, lambda: None)
         return dropped
-
-    def _held(self) -> None:
-        """With replicas, ReplicasBehind unless they hold the removals an erasure removing
-        nothing may retry: a WAIT of the pass acknowledged covers them, one failed fails
-        them, else the pass's one no-op (the module's text)."""
-        if not redis_replicas.REPLICAS or self._erasures.waited is self._erasures.current:
-            return
-        if self._erasures.failed is self._erasures.current:
-            raise ReplicasBehind("an earlier write of this erasure pass was not acknowledged "
-                                 "in time: the removals a retry found done are not known to "
-                                 "be held by the replicas")
-        self._erasures.waiting(self._no_op)
 
     def _no_op(self) -> None:
         """A replicated write that leaves nothing (a key set and deleted in one MULTI/EXEC:
@@ -166,24 +159,28 @@ class RedisLog:
             tx.delete(f"{self.prefix}:wait")
             tx.execute()
 
-    def _remove(self, members: list[bytes]) -> int:
+    def _remove(self, members: list[bytes], erasures: Pass | None = None) -> int:
         """Remove `members`, one ZREM each in one MULTI/EXEC, whose replies say which were
         still there; subtract the sizes of those alone. How many went. The subtraction is a
         second round trip: a crash between leaves the count too high, the safe direction (a
         trim then drops more than it must; the log never passes its bound). A count taken to
         0 or below (an orphan trim removed the log meanwhile, and this DECRBY made its count
-        again) goes with the log if the log is gone."""
+        again) goes with the log if the log is gone. An erasure's, part of `erasures`."""
         removed = _zrems(self.r, self.key, members)
         gone = [member for member, was in zip(members, removed) if was]
         if gone:
-            self._subtract(sum(map(_member_size, gone)))
+            self._subtract(sum(map(_member_size, gone)), erasures)
         return len(gone)
 
-    def _subtract(self, size: int) -> None:
-        """The count's DECRBY, WAITed for, with the ZREMs before it in the replication stream;
-        a count taken to 0 or below goes with the log if the log is gone (`_remove`)."""
-        if self._erasures.waiting(lambda: redis_replicas.write(
-                self.r, "DECRBY", f"{self.key}:bytes", size)) <= 0:
+    def _subtract(self, size: int, erasures: Pass | None) -> None:
+        """The count's DECRBY, WAITed for (an erasure's: as its pass says), with the ZREMs
+        before it in the replication stream; a count taken to 0 or below goes with the log if
+        the log is gone (`_remove`)."""
+        command = ("DECRBY", f"{self.key}:bytes", size)
+        waited = functools.partial(redis_replicas.write, self.r, *command)
+        count = waited() if erasures is None else erasures.waiting(
+            waited, functools.partial(self.r.execute_command, *command))
+        if count <= 0:
             self._if_empty(orphan=False)
 
     def _if_empty(self, orphan: bool) -> None:
