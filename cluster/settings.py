@@ -359,15 +359,26 @@ DEADLINE_MARGIN_SHARE = number("DEADLINE_MARGIN_SHARE", 0.05, high=0.5)
 SHARD_CLOCK_SKEW_S = number("SHARD_CLOCK_SKEW_S", 0.1, high=60.0)
 # Calls one gateway works on at once; past it, RESOURCE_EXHAUSTED at once.
 GATEWAY_INFLIGHT_LIMIT = integer("GATEWAY_INFLIGHT_LIMIT", 20_000)
-# Past this share of that limit in flight (T), an API key holding calls may hold its share of T
-# (split among the keys with calls in flight, at least GATEWAY_KEY_FLOOR), one holding none gets
-# a call or batch in, and the last half of the room between T and the limit is kept for keys
-# within the floor, so that floods of one key or several still let every other key in. 1 turns
-# shares off; a gateway with one key or none has none (its caller may take the whole limit).
+# Past this share of that limit in flight (T), an API key holding calls may hold its share of
+# the kept line, T + (limit - T) / 2 (split among the keys with calls in flight, at least
+# GATEWAY_KEY_FLOOR: a key alone reaches the line), and one holding none gets a call or batch in;
+# the room past the kept line is kept for keys within the floor, and its last eighth for keys
+# holding none, one call each, so that floods of one key or many still let every other key in.
+# 1 turns shares off; a gateway with one key or none has none (its caller may take the limit).
 GATEWAY_KEY_SHARE_FROM = number("GATEWAY_KEY_SHARE_FROM", 0.75, above=True, high=1.0)
-# ... the calls any key may hold past T, however many share it; at most 1/16 of the limit (at
-# least 1), so that a small limit's floor does not take its whole headroom.
-GATEWAY_KEY_FLOOR = integer("GATEWAY_KEY_FLOOR", 64)
+
+
+def key_floor_most(limit: int) -> int:
+    """The most GATEWAY_KEY_FLOOR may be at `limit` (at least 1): 1/16 of the room past the
+    kept line, so that keys within the floor cannot fill it before 16 of them are in."""
+    fair = int(limit * GATEWAY_KEY_SHARE_FROM)
+    return max(1, (limit - fair - (limit - fair) // 2) // 16)
+
+
+# ... the calls any key may hold past T, however many share it; one set above key_floor_most of
+# the limit is refused (the default is held to it).
+GATEWAY_KEY_FLOOR = integer("GATEWAY_KEY_FLOOR", 64, high=key_floor_most(GATEWAY_INFLIGHT_LIMIT),
+                            high_of="GATEWAY_INFLIGHT_LIMIT")
 # Load shedding (gateway/admission.py): the queueing delay a gateway keeps its calls near by
 # refusing a share of new ones, and how often it adjusts that share (RFC 8033's 15 ms).
 SHED_TARGET_S = number("SHED_TARGET_S", 0.015, above=True, high=60.0)

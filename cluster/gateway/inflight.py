@@ -12,10 +12,8 @@ from collections import deque
 from typing import Callable
 
 from kairos.cluster.gateway.auth import Denied, caller
-from kairos.cluster.settings import GATEWAY_KEY_FLOOR, GATEWAY_KEY_SHARE_FROM
+from kairos.cluster.settings import GATEWAY_KEY_FLOOR, GATEWAY_KEY_SHARE_FROM, key_floor_most
 from kairos.cluster.transport.client import Busy
-
-FLOOR_OF_LIMIT = 16  # GATEWAY_KEY_FLOOR is at most the limit over this (settings.py)
 
 
 class Inflight:
@@ -101,9 +99,10 @@ class Inflight:
     def check_capacity(self, adding: int = 1) -> None:
         """Busy if `adding` more calls of the caller's key would take the gateway past
         GATEWAY_INFLIGHT_LIMIT in flight, or, past GATEWAY_KEY_SHARE_FROM of it (`fair`), the
-        key past what it may hold: the floor, always (new and small keys get in: the last half
-        of the room past `fair` is theirs); below that, its share (`fair` split among the keys
-        in flight, at least the floor), or one batch while it holds none (`key_label`)."""
+        key past what it may hold (`key_label`): in the last eighth of the room past the kept
+        line (half way from `fair` to the limit), one call while it holds none; below that,
+        up to the floor, always; below the kept line, its share (the kept line split among
+        the keys in flight, at least the floor), or one batch while it holds none."""
         limit = self._limit()
         total = self.inflight + adding
         if total > limit:
@@ -113,19 +112,28 @@ class Inflight:
         if total <= fair or (key := key_label()) is None:
             return
         held = self.inflight_of.get(key, 0)
-        floor = max(1, min(GATEWAY_KEY_FLOOR, limit // FLOOR_OF_LIMIT))
+        kept = fair + (limit - fair) // 2
+        last = -(-(limit - kept) // 8)  # at least 1 while there is room past the line
+        if total > limit - last:
+            if held or adding > 1:
+                raise self._past(fair, key, held, adding, f"the last {last} calls to the limit "
+                                 f"are kept for keys holding none, one call each, so that a new "
+                                 f"key gets in however many others hold their floor")
+            return
+        floor = min(GATEWAY_KEY_FLOOR, key_floor_most(limit))
         if held + adding <= floor:
             return
-        if total > (kept := fair + (limit - fair) // 2):
+        if total > kept:
             raise self._past(fair, key, held, adding, f"the calls from {kept} to the limit are "
-                             f"kept for keys holding at most {floor} (KAIROS_GATEWAY_KEY_FLOOR, "
-                             f"at most 1/{FLOOR_OF_LIMIT} of the limit), so that every key gets "
-                             f"some in")
+                             f"kept for keys that may hold up to {floor} in flight (KAIROS_"
+                             f"GATEWAY_KEY_FLOOR, at most 1/16 of that room), so that every key "
+                             f"gets some in")
         keys = len(self.inflight_of)  # a key holding calls among them; one holding none gets in
-        if held and held + adding > (share := max(floor, fair // keys)):
+        if held and held + adding > (share := max(floor, kept // keys)):
             among = "this key alone" if keys == 1 else f"the {keys} keys with calls in flight"
-            raise self._past(fair, key, held, adding, f"a key holding calls may hold its "
-                             f"share, {share}: {fair} split among {among}, at least {floor}")
+            raise self._past(fair, key, held, adding, f"a key holding calls may hold up to its "
+                             f"share, {share}, in flight: {kept} (the kept line) split among "
+                             f"{among}, at least {floor}")
 
     def _past(self, fair: int, key: str, held: int, adding: int, why: str) -> Busy:
         """The refusal of a key's calls past `fair` in flight, saying `why`."""

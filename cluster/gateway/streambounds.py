@@ -34,7 +34,9 @@ class Open:
         callers = [(kind, who) for kind, who in (("key", key), ("host", host)) if who is not None]
         for kind, who in callers:
             if (running := self.callers[kind, who]) >= (per_key if kind == "key" else per_host):
-                whose = f"key '{getattr(who, 'name', who)}'" if kind == "key" else f"host {who}"
+                # its label (unique: `ApiKey.label`) where names repeat
+                named = getattr(who, "label", None) or getattr(who, "name", who)
+                whose = f"key '{named}'" if kind == "key" else f"host {who}"
                 raise Busy(f"this gateway serves {running} {self.what} streams of {whose}, its "
                            f"most for one {kind} (KAIROS_{self.setting}_PER_{kind.upper()})")
         self.open += 1

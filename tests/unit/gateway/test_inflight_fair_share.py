@@ -1,18 +1,22 @@
-"""Each API key's share of GATEWAY_INFLIGHT_LIMIT (gateway review M3, and its round 2), over
+"""Each API key's share of GATEWAY_INFLIGHT_LIMIT (gateway review M3, rounds 2 and 3), over
 real gRPC on 127.0.0.1 and the in-process backend, its shard held stuck (a gate) so that calls
 stay in flight, and on `Gateway.check_capacity` itself for its bounds.
 
-The rule, at this file's limit of 40 (GATEWAY_KEY_SHARE_FROM 0.75: `fair` 30; the floor, 64 by
-default, at most 40 // 16 = 2): up to 30 in flight, every call is admitted; past it, a key
-holding at most 2 always is (up to the limit); past 35 (the last half of the room above 30),
-no other; below that, a key holding nothing gets one call or batch in, and a key holding calls
-up to its share, 30 split among the keys with calls in flight. A gateway without keys, or with
+The rule, at this file's limit of 40 (GATEWAY_KEY_SHARE_FROM 0.75: `fair` 30; the kept line
+35, half way to the limit; the floor, 64 by default, at most 1/16 of the 5 past the line, and
+at least 1): up to 30 in flight, every call is admitted; past it, a key's call within the floor
+always is, up to 39, and the last call to the limit only for a key holding none; past 35, no
+other; below that, a key holding nothing gets one call or batch in, and a key holding calls up
+to its share, 35 split among the keys with calls in flight. A gateway without keys, or with
 one, has no shares. The counts go back to nothing once calls, batches and streams end,
 cancelled included (a count left behind would refuse the key for good: issue 18, finding 12);
 a stream's event without room waits for it (KAIROS_INGEST_STREAM_STALL_S at most)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 from typing import Iterator
 
@@ -22,6 +26,7 @@ import pytest
 from kairos.cluster.gateway import auth, calls, ingesting
 from kairos.cluster.gateway.auth import Auth
 from kairos.cluster.gateway.calls import Gateway
+from kairos.cluster.gateway.streambounds import Open
 from kairos.cluster.transport.client import Busy
 from kairos.v1 import decision_pb2 as pb
 from kairos.v1.decision_pb2_grpc import DecisionServiceStub
@@ -136,64 +141,67 @@ def refused(call, *args, **kwargs) -> str:
     return refusal.value.details()
 
 
-def test_a_key_flooding_stops_at_its_share_and_another_keys_calls_are_served(rig):
-    """The web key's Decides, one after another until refused: it holds 30, its share alone
-    (before 3b120fe: all 40, the limit); the app key, holding nothing, is served: its Decide
-    and Ingest are admitted and answered once the shard is, as are the web key's. The web
-    key's batch and stream past its share, now 15 (2 keys), are refused naming it."""
+KEPT = ("past 30 in flight (KAIROS_GATEWAY_KEY_SHARE_FROM of the limit), the calls from 35 to "
+        "the limit are kept for keys that may hold up to 1 in flight (KAIROS_GATEWAY_KEY_FLOOR, "
+        "at most 1/16 of that room), so that every key gets some in")
+
+
+def test_a_key_flooding_stops_at_the_kept_line_and_another_keys_calls_are_served(rig):
+    """The web key's Decides, one after another until refused: alone in flight it holds 35,
+    the kept line (before 3b120fe: all 40, the limit; 7999adf: 30, review round 3's M1); the
+    app key, holding nothing, is served: its Decide is admitted and answered once the shard
+    is, as are the web key's. The web key's batch and stream are refused, naming it."""
     flood, message = rig.flood(WEB)
-    assert message == (
-        "gateway g has 30 calls in flight, 30 of them of key 'web': past 30 in flight "
-        "(KAIROS_GATEWAY_KEY_SHARE_FROM of the limit), a key holding calls may hold its share, "
-        "30: 30 split among this key alone, at least 2")
-    assert rig.held() == (30, {"web": 30})
-    served = [rig.decide(APP), rig.stub.Ingest.future(rig.event(APP), metadata=APP, timeout=60)]
-    wait_until(lambda: any(f.done() for f in served) or rig.held()[0] == 32, 10,
-               "the app key's calls in flight")
-    assert rig.held() == (32, {"web": 30, "app": 2})
-    share = ("30 of them of key 'web': past 30 in flight (KAIROS_GATEWAY_KEY_SHARE_FROM of the "
-             "limit), a key holding calls may hold its share, 15: 30 split among the 2 keys "
-             "with calls in flight, at least 2")
-    assert share in refused(rig.stub.IngestBatch, pb.EventBatch(events=[rig.event(WEB)]),
-                            metadata=WEB, timeout=10)
-    assert share in refused(lambda: list(rig.stub.IngestStream(
+    assert message == f"gateway g has 35 calls in flight, 35 of them of key 'web': {KEPT}"
+    assert rig.held() == (35, {"web": 35})
+    served = rig.decide(APP)
+    wait_until(lambda: served.done() or rig.held()[0] == 36, 10, "the app key's Decide in flight")
+    assert rig.held() == (36, {"web": 35, "app": 1})
+    past = f"35 of them of key 'web': {KEPT}"
+    assert past in refused(rig.stub.IngestBatch, pb.EventBatch(events=[rig.event(WEB)]),
+                           metadata=WEB, timeout=10)
+    assert past in refused(lambda: list(rig.stub.IngestStream(
         iter([rig.event(WEB)]), metadata=WEB, timeout=10)))
-    assert rig.held() == (32, {"web": 30, "app": 2})
+    assert rig.held() == (36, {"web": 35, "app": 1})
     rig.gate(True)
-    assert served[0].result().channel == "app"
-    assert served[1].result().sequence
-    assert [f.result().channel for f in flood] == ["web"] * 30
+    assert served.result().channel == "app"
+    assert [f.result().channel for f in flood] == ["web"] * 35
     wait_until(lambda: rig.held() == (0, {}), 10, "no call in flight, no key counted")
 
 
-def test_two_flooding_keys_leave_the_floor_to_every_other_key(rig):
-    """Review round 2, finding 1: the web key flooded to 30, then the app key, under its
-    share, to the limit (3b120fe, its floor at 4: app 10, and the crm key's Decide refused
-    "gateway g has 40 calls in flight"). Now the app key stops at 35, where the rest is kept
-    for keys within the floor: the crm key gets 2 in, the dev key 2, and no more past it."""
-    rig.flood(WEB)
-    held, message = rig.flood(APP)
-    assert len(held) == 5 and message == (
-        "gateway g has 35 calls in flight, 5 of them of key 'app': past 30 in flight "
-        "(KAIROS_GATEWAY_KEY_SHARE_FROM of the limit), the calls from 35 to the limit are kept "
-        "for keys holding at most 2 (KAIROS_GATEWAY_KEY_FLOOR, at most 1/16 of the limit), so "
-        "that every key gets some in")
-    held, message = rig.flood(CRM)
-    assert len(held) == 2 and "2 of them of key 'crm': past 30" in message
-    held, _ = rig.flood(DEV)
-    assert len(held) == 2
-    assert rig.held() == (39, {"web": 30, "app": 5, "crm": 2, "dev": 2})
-    rig.gate(True)
-    wait_until(lambda: rig.held() == (0, {}), 10, "no call in flight, no key counted")
+def _key(name: str) -> tuple:
+    return (("x-api-key", f"{name}-ingest-decide-0123456789"),)
+
+
+def test_flooding_keys_leave_the_last_call_to_a_key_holding_none(limited):
+    """Review round 3, H2 (its repro): web flooded to 30, app to 35, crm and dev to 2 each, k0
+    got 1 and k1, holding nothing, none (7999adf: the room past the kept line went to keys
+    within the floor, 2). Now each key past the line gets its floor, 1, and the last call to
+    the limit is kept for a key holding none: k1 gets it."""
+    rig = Rig(KEYS + "".join(f"  - {{key: 'k{i}-ingest-decide-0123456789', name: k{i}, "
+                             f"scopes: [ingest, decide]}}\n" for i in range(2)))
+    try:
+        rig.gate(False)
+        got = {name: rig.flood(metadata) for name, metadata in (
+            ("web", WEB), ("app", APP), ("crm", CRM), ("dev", DEV), ("k0", _key("k0")))}
+        assert {name: len(held) for name, (held, _) in got.items()} == {
+            "web": 35, "app": 1, "crm": 1, "dev": 1, "k0": 1}
+        assert got["app"][1] == f"gateway g has 36 calls in flight, 1 of them of key 'app': {KEPT}"
+        held, message = rig.flood(_key("k1"))
+        assert len(held) == 1 and message == "gateway g has 40 calls in flight"
+        rig.gate(True)
+        wait_until(lambda: rig.held() == (0, {}), 10, "no call in flight, no key counted")
+    finally:
+        rig.close()
 
 
 def test_a_batch_of_a_key_holding_nothing_is_admitted_past_its_share(rig):
     """Review round 2, finding 2: the web and crm keys hold 14 of 40, and the app key's batch
     of 17, more than its share, was refused though the gateway had room (3b120fe, its floor at
     4: "0 of them of key 'app', and 17 more would pass its fair share"). A key holding
-    nothing gets one batch in below the kept room (a share asked of it would count it out of
-    the keys in flight: 15 here, and refuse it); holding it, the key is held to its share, now
-    10."""
+    nothing gets one batch in below the kept line (a share asked of it would count it out of
+    the keys in flight: 17 here, and refuse it); holding it, the key is held to its share, now
+    11."""
     rig.hold(WEB, 12)
     rig.hold(CRM, 2)
     batch = rig.stub.IngestBatch.future(pb.EventBatch(events=[
@@ -201,9 +209,10 @@ def test_a_batch_of_a_key_holding_nothing_is_admitted_past_its_share(rig):
     wait_until(lambda: batch.done() or rig.held()[0] == 31, 10, "the batch in flight")
     assert rig.held() == (31, {"web": 12, "crm": 2, "app": 17})
     assert "17 of them of key 'app': past 30 in flight (KAIROS_GATEWAY_KEY_SHARE_FROM of the " \
-           "limit), a key holding calls may hold its share, 10: 30 split among the 3 keys " \
-           "with calls in flight" in refused(rig.stub.IngestBatch, pb.EventBatch(events=[
-               rig.event(APP)]), metadata=APP, timeout=10)
+           "limit), a key holding calls may hold up to its share, 11, in flight: 35 (the kept " \
+           "line) split among the 3 keys with calls in flight" in refused(
+               rig.stub.IngestBatch, pb.EventBatch(events=[rig.event(APP)]), metadata=APP,
+               timeout=10)
     rig.gate(True)
     assert len(batch.result().acks) == 17
     wait_until(lambda: rig.held() == (0, {}), 10, "no call in flight, no key counted")
@@ -226,20 +235,20 @@ def _check(gateway: Gateway, key: auth.ApiKey | None, adding: int = 1) -> str:
 
 
 def test_a_keys_share_counts_it_once_among_the_keys_in_flight(limited):
-    """The app key, holding 14 beside the web key's 16, may hold 15: 30 split among the 2
-    keys in flight, itself one of them. Counted twice (3 keys: 10) its next call would be
-    refused; not at all (1 key: 30) its next 2 admitted. (3b120fe's `+ (not held)`, the key
+    """The app key, holding 14 beside the web key's 16, may hold 17: 35 split among the 2
+    keys in flight, itself one of them. Counted twice (3 keys: 11) its next call would be
+    refused; not at all (1 key: 35) a batch of 4 admitted. (3b120fe's `+ (not held)`, the key
     asking counted once when it held nothing: now such a key gets its batch in whole, and the
     share is only asked of keys holding calls, which are in the count.)"""
     async def main() -> None:
         gateway, keys = Gateway("g", None, None), _keys()
         gateway.count("web", 16)
         gateway.count("app", 14)
-        assert _check(gateway, keys["app"]) == ""
-        assert "14 of them of key 'app', and 2 more would exceed what it may hold: past 30 " \
+        assert _check(gateway, keys["app"], 3) == ""
+        assert "14 of them of key 'app', and 4 more would exceed what it may hold: past 30 " \
                "in flight (KAIROS_GATEWAY_KEY_SHARE_FROM of the limit), a key holding calls " \
-               "may hold its share, 15: 30 split among the 2 keys" in _check(
-                   gateway, keys["app"], 2)
+               "may hold up to its share, 17, in flight: 35 (the kept line) split among the 2 " \
+               "keys" in _check(gateway, keys["app"], 4)
     asyncio.run(main())
 
 
@@ -270,7 +279,8 @@ def test_keys_of_one_name_are_counted_apart(limited):
     """Names may repeat (two secrets of one name; "key 2", unnamed, beside a key so named):
     each key counts apart, by a label of its own, in calls in flight and as a stream's
     caller (Open counts `ApiKey`s). The second "web", holding nothing, gets a batch of 3 in
-    beside the first's 30 (counted as one, by name: refused, past the first's share)."""
+    beside the first's 30 (counted as one, by name: refused, past the first's share); the
+    first, one of 2 keys now, is past its share, 17."""
     text = """keys:
   - {key: 'web-ingest-decide-0123456789', name: web, scopes: [ingest]}
   - {key: 'web-ingest-decide-9876543210', name: web, scopes: [ingest]}
@@ -289,39 +299,54 @@ def test_keys_of_one_name_are_counted_apart(limited):
         gateway = Gateway("g", None, None)
         gateway.count("web (keys[0])", 30)
         assert _check(gateway, keys["web (keys[1])"], 3) == ""
+        gateway.count("web (keys[1])", 3)
         assert "30 of them of key 'web (keys[0])'" in _check(gateway, keys["web (keys[0])"])
     asyncio.run(main())
 
 
-def test_the_floor_is_at_most_a_sixteenth_of_the_limit_and_at_least_one(limited, monkeypatch):
-    """KAIROS_GATEWAY_KEY_FLOOR's 64 would take all the room past 30 of a limit of 40: the
-    floor is 40 // 16 = 2 (the crm key's third call refused while the kept room lasts); of a
-    limit of 10, 1 (10 // 16 is 0: no new key would get in past 8)."""
-    async def main() -> None:
-        gateway, keys = Gateway("g", None, None), _keys()
-        gateway.count("web", 30)
-        gateway.count("app", 5)
-        assert _check(gateway, keys["crm"]) == ""
-        gateway.count("crm")
-        assert _check(gateway, keys["crm"]) == ""
-        gateway.count("crm")
-        assert "2 of them of key 'crm': past 30 in flight (KAIROS_GATEWAY_KEY_SHARE_FROM of " \
-               "the limit), the calls from 35 to the limit are kept for keys holding at most " \
-               "2" in _check(gateway, keys["crm"])
-        assert _check(gateway, keys["dev"], 2) == ""
+def test_the_floor_is_at_most_a_sixteenth_of_the_kept_room_and_at_least_one(limited,
+                                                                             monkeypatch):
+    """Review round 3, H2: KAIROS_GATEWAY_KEY_FLOOR is held to 1/16 of the room past the kept
+    line (7999adf: of the limit, and 2 keys at its cap filled that room). At a limit of 640
+    (kept line 560, 80 past it) the floor is 5: a key holding 3 may not add a batch of 3 past
+    the line (within it, 3 + 3 would be; review L4), one holding none a batch of 5; at 40 (5
+    past 35) it is 1. 14 keys at their floor fill the room to 630; the last 10 calls are kept
+    for keys holding none, one each."""
+    monkeypatch.setattr(calls, "GATEWAY_INFLIGHT_LIMIT", 640)
+    text = "keys:\n" + "".join(f"  - {{key: 'k{i}-ingest-decide-0123456789', name: k{i}, "
+                                f"scopes: [ingest]}}\n" for i in range(30))
+    keys = list(_keys(text).values())
 
-        monkeypatch.setattr(calls, "GATEWAY_INFLIGHT_LIMIT", 10)
-        small = Gateway("g", None, None)
-        small.count("web", 8)
-        assert _check(small, keys["crm"]) == ""
-        small.count("crm")
-        assert "kept for keys holding at most 1" in _check(small, keys["crm"])
+    async def main() -> None:
+        gateway = Gateway("g", None, None)
+        gateway.count(keys[0].label, 555)
+        gateway.count(keys[1].label, 3)
+        assert _check(gateway, keys[1], 2) == ""  # within the line (560)
+        gateway.count(keys[1].label, 2)
+        assert _check(gateway, keys[1], 1).endswith(
+            "kept for keys that may hold up to 5 in flight (KAIROS_GATEWAY_KEY_FLOOR, at most "
+            "1/16 of that room), so that every key gets some in")
+        gateway.count(keys[2].label, 3)
+        assert "3 of them of key 'k2', and 3 more" in _check(gateway, keys[2], 3)
+        assert _check(gateway, keys[3], 5) == ""
+        gateway.uncount(keys[2].label, 3)
+        got = []
+        for key in keys[2:]:
+            while _check(gateway, key) == "":
+                gateway.count(key.label)
+            got.append(gateway.inflight_of.get(key.label, 0))
+        assert got == [5] * 14 + [1] * 10 + [0] * 4 and gateway.inflight == 640
+        gateway.uncount(keys[16].label)
+        assert "1 of them of key 'k17': past 480 in flight (KAIROS_GATEWAY_KEY_SHARE_FROM of " \
+               "the limit), the last 10 calls to the limit are kept for keys holding none, one " \
+               "call each" in _check(gateway, keys[17])
+        assert _check(gateway, keys[26]) == ""
     asyncio.run(main())
 
 
 def _stream_past_its_share(rig: Rig) -> Iterator[pb.IngestAck]:
     """A web key's stream, opened while the key holds nothing (a stream past its share is
-    refused as it opens), whose event comes once the key holds 30, and the app key 2."""
+    refused as it opens), whose event comes once the key holds 35, and the app key 1."""
     go, event = threading.Event(), rig.event(WEB)
 
     def events() -> Iterator[pb.Event]:
@@ -331,7 +356,7 @@ def _stream_past_its_share(rig: Rig) -> Iterator[pb.IngestAck]:
     stream = rig.stub.IngestStream(events(), metadata=WEB, timeout=60)
     wait_until(lambda: rig.gateway.run(_open(rig.gateway.gateway)), 10, "the stream open")
     rig.flood(WEB)
-    rig.hold(APP, 2)
+    rig.hold(APP, 1)
     go.set()
     return stream
 
@@ -354,7 +379,7 @@ def test_a_streams_event_waits_for_its_keys_room_and_goes_on(rig, monkeypatch):
     monkeypatch.setattr(ingesting, "_room", seen)
     stream = _stream_past_its_share(rig)
     assert waiting.wait(10), "the stream's event did not wait for room"
-    assert rig.held() == (32, {"web": 30, "app": 2})  # the event not counted, nor sent
+    assert rig.held() == (36, {"web": 35, "app": 1})  # the event not counted, nor sent
     rig.gate(True)
     [ack] = list(stream)
     assert ack.sequence
@@ -367,14 +392,14 @@ def test_a_streams_event_without_room_for_the_stall_time_ends_it(rig, monkeypatc
     monkeypatch.setattr(ingesting, "INGEST_STREAM_STALL_S", 0.2)
     stream = _stream_past_its_share(rig)
     ended = refused(list, stream)
-    assert ended.startswith("gateway g has 32 calls in flight, 30 of them of key 'web': past "
+    assert ended.startswith("gateway g has 36 calls in flight, 35 of them of key 'web': past "
                             "30 in flight"), ended
-    assert ended.endswith("its share, 15: 30 split among the 2 keys with calls in flight, at "
-                          "least 2; the stream's next event waited 0.2 s for room (KAIROS_"
+    assert ended.endswith("so that every key gets some in; the stream's next event waited "
+                          "0.2 s for room (KAIROS_"
                           "INGEST_STREAM_STALL_S): the gateway ended the stream; the events "
                           "acked on it were applied, none after them: send again from the "
                           "first not acked"), ended
-    assert rig.held() == (32, {"web": 30, "app": 2})
+    assert rig.held() == (36, {"web": 35, "app": 1})
 
 
 def test_each_keys_count_goes_back_to_nothing_once_its_calls_end_cancelled(rig):
@@ -404,3 +429,33 @@ def test_each_keys_count_goes_back_to_nothing_once_its_calls_end_cancelled(rig):
     assert rig.decide(WEB).result(10).channel == "web"
     assert list(rig.stub.IngestStream(iter([rig.event(WEB)]), metadata=WEB, timeout=10))
     assert rig.held() == (0, {})
+
+
+def test_a_keys_stream_refusal_names_its_label():
+    """Review round 3, L5: of two keys named "web", the refusal of the first's second stream
+    past INGEST_STREAMS_PER_KEY named "web", either of them; it names its label."""
+    keys = _keys("""keys:
+  - {key: 'web-ingest-decide-0123456789', name: web, scopes: [ingest]}
+  - {key: 'web-ingest-decide-9876543210', name: web, scopes: [ingest]}
+""")
+    streams = Open("ingest", "INGEST_STREAMS", lambda: (10, 1, 10))
+    streams.admit(keys["web (keys[0])"], "10.0.0.1")
+    with pytest.raises(Busy) as refusal:
+        streams.admit(keys["web (keys[0])"], "10.0.0.2")
+    assert str(refusal.value) == ("this gateway serves 1 ingest streams of key 'web (keys[0])', "
+                                  "its most for one key (KAIROS_INGEST_STREAMS_PER_KEY)")
+
+
+@pytest.mark.parametrize("floor, refused", [("156", False), ("157", True)])
+def test_a_floor_past_a_sixteenth_of_the_kept_room_stops_the_settings_import(floor, refused):
+    """Review round 3, L6: at the default limit, 20,000 (kept line 17,500), the floor may be at
+    most 2,500 // 16 = 156; one set above it was held to it without a word."""
+    env = {**os.environ, "KAIROS_GATEWAY_KEY_FLOOR": floor}
+    env.pop("KAIROS_GATEWAY_INFLIGHT_LIMIT", None)
+    env.pop("KAIROS_GATEWAY_KEY_SHARE_FROM", None)
+    done = subprocess.run([sys.executable, "-c", "import kairos.cluster.settings"], env=env,
+                          capture_output=True, text=True)
+    assert (done.returncode != 0) == refused, done.stderr
+    if refused:
+        assert "ValueError: KAIROS_GATEWAY_KEY_FLOOR must be >= 1 and <= 156 (KAIROS_GATEWAY_" \
+               "INFLIGHT_LIMIT), got '157'" in done.stderr
