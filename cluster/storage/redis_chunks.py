@@ -34,8 +34,10 @@ save that finds its generation so unlisted fails (StoreUnavailable) rather than 
 commands are those README lists for an ACL user. A switch's reply lost where redis-py says
 WatchError (a connection that failed while it watched keys) is looked at again: a header
 already naming the save's generation is its own switch, which landed (`switch`).
-A damaged header (not what `stage` writes) is StoreCorrupt to a reader; a save replaces it,
-its chunks, which it no longer names, left to `SCAN ... MATCH <prefix>:<family>c:<key>:*`."""
+A damaged header (not what `stage` writes) is StoreCorrupt to a reader; meta's next save
+replaces it (a snapshot's recovery is refused, so never saves: its DEL, redis_snapshots.py
+`get`), its chunks, which it no longer names, left to
+`SCAN ... MATCH <prefix>:<family>c:<key>:*`."""
 from __future__ import annotations
 
 import contextlib
@@ -59,6 +61,9 @@ CHUNK_BYTES = 4 << 20  # one SET each: far below the value limit, sent well with
 # 256 MiB, is read either way: chunks are read only under a header.
 ONE_VALUE_BYTES = 192 << 20
 READ_BYTES = 16 << 20  # chunks' GETs sent together, as redis_store.py's PIPELINE_BYTES
+# no chunk but a value's last is shorter (settings.py's REDIS_SNAPSHOT_CHUNK's least; meta's
+# CHUNK_BYTES): a header naming more chunks than its length takes at this is damaged
+LEAST_CHUNK_BYTES = 1 << 20
 STALE_S = 600.0  # a generation not written to for this long is a killed save's
 READ_TRIES = 3  # reads a chunk gone to a newer save starts over (then StoreUnavailable)
 # how a switch fails that may have landed (its reply lost; the replicas not holding it in time
@@ -181,8 +186,8 @@ def switch(value: Value, new: bytes | Staged, old: bytes | None, pending: list[b
     if isinstance(new, Staged):
         if old == new.header:  # the generation is random: no other save's header
             return [("SET", value.key("h"), new.header)]
-        if new.member.encode() not in pending:
-            raise swept(value)
+        if new.member.encode() not in pending:  # swept, or (a retry) landed and overtaken
+            raise swept(value, overtaken=True)
         commands = [("SET", value.key("h"), new.header),
                     ("DEL", _alive(value, new.member.partition(":")[0])),
                     ("ZREM", value.key("p"), new.member),
@@ -308,9 +313,13 @@ def sweep(client: redis.Redis, value: Value, members: list[bytes]) -> None:
             client.delete(*chunks)
 
 
-def swept(value: Value) -> StoreUnavailable:
-    return StoreUnavailable(f"{_named(value)}: the save's chunks were deleted as a dead save's "
-                            f"(nothing written for {STALE_S:.0f} s)")
+def swept(value: Value, overtaken: bool = False) -> StoreUnavailable:
+    """The save's generation found no longer pending: swept, or, at its switch, switched in
+    by a try whose reply was lost and replaced since by another writer's save (`overtaken`)."""
+    return StoreUnavailable(
+        f"{_named(value)}: the save's chunks were deleted as a dead save's (nothing written "
+        f"for {STALE_S:.0f} s)" + (", or the save landed, its reply lost, and may have been "
+                                   "overtaken by another writer's" if overtaken else ""))
 
 
 def _fields(value: Value, header: bytes) -> tuple[str, int, int, bytes]:
@@ -318,9 +327,12 @@ def _fields(value: Value, header: bytes) -> tuple[str, int, int, bytes]:
     `stage` writes (changed outside Kairos)."""
     fields = _unpacked(header)
     if fields is None:
+        # meta's next save replaces it; a snapshot's is not saved over (its recovery is
+        # refused): redis_snapshots.py `get` names the DEL that lets it recover
+        replaced = "; a save replaces it" if value.family == "m" else ""
         raise StoreCorrupt(f"{_named(value)}: its header {value.key('h')} is damaged (not "
-                           f"msgpack [generation, length, chunks, SHA-256]); a save replaces "
-                           f"it")
+                           f"msgpack [generation, length, chunks, SHA-256] of as many chunks "
+                           f"as its length takes){replaced}")
     return fields
 
 
@@ -331,7 +343,9 @@ def _unpacked(header: bytes) -> tuple[str, int, int, bytes] | None:
         return None
     kinds = (str, int, int, bytes)
     fields = (generation, length, count, digest)
-    return fields if all(map(isinstance, fields, kinds)) else None
+    if not all(map(isinstance, fields, kinds)):
+        return None
+    return fields if 0 < count <= min(length, length // LEAST_CHUNK_BYTES + 1) else None
 
 
 def _generation(header: bytes | None) -> str | None:

@@ -113,7 +113,8 @@ def get(client: redis.Redis, prefix: str, partition: int) -> bytes | None:
         return redis_chunks.get(client, value)
     except StoreCorrupt as exc:
         keys = " ".join(redis_chunks.every_key(client, value))
-        raise StoreCorrupt(f"{exc}; to recover the partition without it, remove it: `DEL "
+        raise StoreCorrupt(f"{exc}; its partition's recovery is refused, and saves nothing "
+                           f"over it: to recover the partition without it, remove it: `DEL "
                            f"{keys}` (README, \"Corruption\")") from exc
 
 

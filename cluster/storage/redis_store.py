@@ -150,7 +150,7 @@ class RedisStore:
     def put_many(self, homes: Iterable[tuple[int, str, bytes]],
                  unless_fenced: str | None = None, lsn: int | None = None) -> None:
         """In transactions that end once they reach PIPELINE_BYTES (`_chunks`: the home that
-        reaches it is the last), an HSET per partition."""
+        reaches it is the last, one past it alone), an HSET per partition."""
         for chunk in _chunks(homes, lambda home: len(home[2])):
             by_partition: dict[int, list[str | bytes]] = {}
             for partition, customer_id, blob in chunk:

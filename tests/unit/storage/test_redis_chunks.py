@@ -2,9 +2,11 @@
 whole, read back checked, a torn save leaving the previous value."""
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+from typing import Iterator
 
 import msgpack
 import pytest
@@ -17,6 +19,7 @@ from kairos.cluster.storage.store import StoreCorrupt, StoreUnavailable
 from tests.unit.storage.test_store import guarded_redis  # noqa: F401 (a fixture)
 
 CHUNK = 1 << 19  # 512 KiB: the server below takes no value past 1 MiB
+LEAST = 1000  # the least chunk a test writes (redis_chunks.py LEAST_CHUNK_BYTES)
 
 
 @pytest.fixture
@@ -26,7 +29,17 @@ def store(redis_server, request, monkeypatch):
     redis.Redis.from_url(redis_server.url).config_set("proto-max-bulk-len", 1 << 20)
     monkeypatch.setattr(redis_chunks, "CHUNK_BYTES", CHUNK)
     monkeypatch.setattr(redis_chunks, "ONE_VALUE_BYTES", 2 * CHUNK)  # the server's 1 MiB
-    return RedisStore(f"{redis_server.url}?prefix=ch{abs(hash(request.node.name))}")
+    with least_chunk():
+        yield RedisStore(f"{redis_server.url}?prefix=ch{abs(hash(request.node.name))}")
+
+
+@contextlib.contextmanager
+def least_chunk() -> Iterator[None]:
+    """Headers of chunks down to LEAST sane, past a test's monkeypatch.undo (which reads them
+    after)."""
+    with pytest.MonkeyPatch.context() as kept:
+        kept.setattr(redis_chunks, "LEAST_CHUNK_BYTES", LEAST)
+        yield
 
 
 def _keys(store: RedisStore) -> list[bytes]:
@@ -142,6 +155,7 @@ def test_an_acl_user_limited_to_kairos_commands_saves_and_reads_chunks(
     store = RedisStore(f"redis://kairos:user-secret@127.0.0.1:{guarded_redis.port}/0"
                        f"?prefix=acl")
     monkeypatch.setattr(redis_chunks, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(redis_chunks, "LEAST_CHUNK_BYTES", LEAST)
     monkeypatch.setattr(redis_chunks, "ONE_VALUE_BYTES", 1000)
     for value in (os.urandom(3500), os.urandom(2100), b"small", os.urandom(1001)):
         store.put_meta("learner", value)
@@ -344,3 +358,39 @@ def test_a_sweep_keeps_the_chunks_a_partial_exec_switched_in(store, monkeypatch)
     assert len(store.r.zrange(f"{store.prefix}:mp:learner", 0, -1)) == 1
     sweep(store, "learner")
     assert store.get_meta("learner") == new
+
+
+def test_a_header_naming_more_chunks_than_its_length_takes_is_damaged(store):
+    """No chunk but the last is shorter than LEAST_CHUNK_BYTES: a header naming none, or more
+    than its length takes at that, is damaged (StoreCorrupt saying so), not a read of as many
+    chunks' names."""
+    store.put_meta("learner", os.urandom(3 * CHUNK))
+    generation, length, _, digest = msgpack.unpackb(store.r.get(f"{store.prefix}:mh:learner"))
+    for count in (0, length // LEAST + 2):
+        store.r.set(f"{store.prefix}:mh:learner",
+                    msgpack.packb([generation, length, count, digest]))
+        with pytest.raises(StoreCorrupt, match=r"header .*:mh:learner is damaged"):
+            store.get_meta("learner")
+
+
+def test_a_switch_whose_reply_was_lost_then_overtaken_says_it_may_have_been(store,
+                                                                            monkeypatch):
+    """The save's EXEC lands, its reply is lost (redis-py: WatchError), another writer's save
+    lands before the look again: the save fails saying it may have been overtaken, and the
+    other's value is read."""
+    store.put_meta("learner", os.urandom(3 * CHUNK))
+    other = RedisStore(store.url)
+    theirs, real, armed = os.urandom(3 * CHUNK), redis.client.Pipeline.parse_response, [True]
+
+    def lost_after_exec(self, connection, command_name, **options):
+        reply = real(self, connection, command_name, **options)
+        if armed[0] and command_name == "_" and isinstance(reply, list):  # the EXEC's
+            armed[0] = False
+            other.put_meta("learner", theirs)
+            raise redis.exceptions.TimeoutError("Timeout reading from socket")
+        return reply
+    monkeypatch.setattr(redis.client.Pipeline, "parse_response", lost_after_exec)
+    with pytest.raises(StoreUnavailable, match="may have been overtaken by another writer's"):
+        store.put_meta("learner", os.urandom(3 * CHUNK))
+    monkeypatch.undo()
+    assert store.get_meta("learner") == theirs

@@ -500,6 +500,7 @@ def test_a_snapshot_in_chunks_is_held_by_the_replica_when_acknowledged(pair, mon
     primary, replica = pair
     monkeypatch.setattr(redis_chunks, "ONE_VALUE_BYTES", 1000)
     monkeypatch.setattr(redis_snapshots, "SNAPSHOT_CHUNK_BYTES", 1000)
+    monkeypatch.setattr(redis_chunks, "LEAST_CHUNK_BYTES", 1000)
     store, big = open_store(f"{primary.url}?prefix=chunked"), os.urandom(3500)
     store.own_journal("s0", "inc-1", claim=True)
     before = waits(primary)

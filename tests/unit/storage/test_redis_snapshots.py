@@ -19,6 +19,7 @@ from kairos.cluster.storage.sealed import unseal
 from kairos.cluster.storage.store import (JournalDisowned, JournalFenced, StoreCorrupt,
                                           StoreUnavailable)
 
+from tests.unit.storage.test_redis_chunks import LEAST, least_chunk
 from tests.unit.storage.test_store import guarded_redis  # noqa: F401 (a fixture)
 
 CHUNK = 1 << 19  # 512 KiB: the server below takes no value past 1 MiB
@@ -31,7 +32,8 @@ def store(redis_server, request, monkeypatch):
     ONE_VALUE_BYTES) in chunks of CHUNK."""
     redis.Redis.from_url(redis_server.url).config_set("proto-max-bulk-len", 1 << 20)
     small_values(monkeypatch, CHUNK, CHUNK)
-    return RedisStore(f"{redis_server.url}?prefix=sn{abs(hash(request.node.name))}")
+    with least_chunk():
+        yield RedisStore(f"{redis_server.url}?prefix=sn{abs(hash(request.node.name))}")
 
 
 def small_values(monkeypatch, one_value: int, chunk: int) -> None:
@@ -177,6 +179,7 @@ def test_an_acl_user_limited_to_kairos_commands_saves_and_reads_chunked_snapshot
     store = RedisStore(f"redis://kairos:user-secret@127.0.0.1:{guarded_redis.port}/0"
                        f"?prefix=acl:snapshots")
     small_values(monkeypatch, 1000, 1000)
+    monkeypatch.setattr(redis_chunks, "LEAST_CHUNK_BYTES", LEAST)
     store.own_journal("s0", "inc-1", claim=True)
     for lsn, value in enumerate((os.urandom(3500), os.urandom(2100), b"small",
                                  os.urandom(1001)), 1):
@@ -350,8 +353,11 @@ def test_a_damaged_header_is_corrupt_naming_its_del_and_a_save_replaces_it(store
     for damaged in (b"\x93\xa1x", b"\xc1", b"\x94\x01\x02\x03\x04"):  # 3 fields; not msgpack
         store.r.set(f"{store.prefix}:sh:1", damaged)
         with pytest.raises(StoreCorrupt, match=r"header .*:sh:1 is damaged.*`DEL .*:s:1 "
-                                               r".*:sh:1`"):
+                                               r".*:sh:1`") as corrupt:
             store.get_snapshot(1)
+        # its recovery, refused, saves nothing over it: the DEL is the way out, no save
+        assert "recovery is refused" in str(corrupt.value)
+        assert "a save replaces it" not in str(corrupt.value)
     for new in (os.urandom(3 * CHUNK), b"small"):
         store.r.set(f"{store.prefix}:sh:1", b"\xc1")
         store.r.set(f"{store.prefix}:s:1", redis_snapshots.STAND_IN)
