@@ -25,7 +25,8 @@ class Inflight:
         self._limit = limit
         self.inflight = 0
         self.inflight_of: dict[str, int] = {}  # by key label (`key_label`), none at 0
-        self._waiters: deque[asyncio.Future] = deque()  # `room`'s, first come first
+        # `room`'s waiters by key label, first come first; keys in the order they came
+        self._waiters: dict[str | None, deque[asyncio.Future]] = {}
 
     def count(self, key: str | None, calls: int = 1) -> None:
         """`calls` more runtime calls in flight, of `key` (`key_label()`; None: of no key's
@@ -35,8 +36,8 @@ class Inflight:
             self.inflight_of[key] = self.inflight_of.get(key, 0) + calls
 
     def uncount(self, key: str | None, calls: int = 1) -> None:
-        """`calls` that `count` counted are done: a key with none left is dropped, and as many
-        of `room`'s waiters as calls freed are woken, first come first."""
+        """`calls` that `count` counted are done: a key with none left is dropped, and up to as
+        many of `room`'s waiters as calls freed are woken (`_wake`)."""
         self.inflight -= calls
         if key is not None:
             if held := self.inflight_of.get(key, 0) - calls:
@@ -47,47 +48,71 @@ class Inflight:
             self._wake(calls)
 
     def _wake(self, calls: int) -> None:
-        """Wake the first `calls` waiters still waiting (one timed out or cancelled may be
-        here until its task runs: `_leave`)."""
-        while calls > 0 and self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                calls -= 1
+        """Wake up to `calls` waiters whose key would be admitted now, each key's first come
+        first, keys in turn in the order they came: a key past its share does not hold up
+        another's waiters behind its own (one queue for all did: its woken head refused, the
+        other key's waiter slept on, its room unused, until its stream ended). A check per
+        key waiting, not per waiter."""
+        woken: dict[str | None, int] = {}
+        while calls:
+            ready = [key for key in self._waiters
+                     if self._refusal(key, woken.get(key, 0) + 1) is None][:calls]
+            if not ready:
+                return
+            for key in ready:
+                if (waiter := self._pop(key)) is not None:
+                    waiter.set_result(None)
+                    woken[key] = woken.get(key, 0) + 1
+                    calls -= 1
+
+    def _pop(self, key: str | None) -> asyncio.Future | None:
+        """`key`'s first waiter still waiting, if any (a cancelled one stays queued until its
+        task runs: `_leave`); its queue goes once empty."""
+        queue, waiter = self._waiters[key], None
+        while queue and waiter is None:
+            if not (first := queue.popleft()).done():
+                waiter = first
+        if not queue:
+            del self._waiters[key]
+        return waiter
 
     async def room(self, refused: Busy, within_s: float) -> None:
         """Wait for room for a call of the caller's key, which `check_capacity` `refused`,
         raising the last refusal if none comes within `within_s`. Waiters are woken as calls
-        end (`uncount`), first come first; one still refused when woken (the room went to
-        another key's call, or its key is past its share) waits again at the queue's head.
-        Nothing runs while nothing ends: 4,096 streams polling for room took 90-97% of a core
-        and set the shedder refusing 90% of every key's calls."""
+        end (`uncount`), first come first within a key; one still refused when woken (the
+        room went to a call admitted meanwhile) waits again at its key's head. Nothing runs
+        while nothing ends: 4,096 streams polling for room took 90-97% of a core and set the
+        shedder refusing 90% of every key's calls."""
         loop = asyncio.get_running_loop()
-        until, first = loop.time() + within_s, False
+        until, first, key = loop.time() + within_s, False, key_label()
         while True:
             waiter = loop.create_future()
-            (self._waiters.appendleft if first else self._waiters.append)(waiter)
+            queue = self._waiters.setdefault(key, deque())
+            (queue.appendleft if first else queue.append)(waiter)
             try:
                 async with asyncio.timeout_at(until):
                     await waiter
             except TimeoutError:
-                self._leave(waiter)
+                self._leave(key, waiter)
                 raise refused from None
             except BaseException:
-                self._leave(waiter)
+                self._leave(key, waiter)
                 raise
             try:
                 return self.check_capacity()
             except Busy as exc:
                 refused, first = exc, True
 
-    def _leave(self, waiter: asyncio.Future) -> None:
+    def _leave(self, key: str | None, waiter: asyncio.Future) -> None:
         """A waiter gives up (timed out, or its stream cancelled): its place goes, and a wake
-        it was given passes to the next."""
+        it was given passes on."""
         if waiter.done() and not waiter.cancelled():
             self._wake(1)
-        with contextlib.suppress(ValueError):  # woken: no longer queued
-            self._waiters.remove(waiter)
+        if (queue := self._waiters.get(key)) is not None:
+            with contextlib.suppress(ValueError):  # woken: no longer queued
+                queue.remove(waiter)
+            if not queue:
+                del self._waiters[key]
 
     def count_until_answered(self, reply: asyncio.Future) -> None:
         """The runtime call of `reply` counts in flight, as the caller's, until its shard
@@ -103,37 +128,43 @@ class Inflight:
         line (half way from `fair` to the limit), one call while it holds none; below that,
         up to the floor, always; below the kept line, its share (the kept line split among
         the keys in flight, at least the floor), or one batch while it holds none."""
+        if (refused := self._refusal(key_label(), adding)) is not None:
+            raise refused
+
+    def _refusal(self, key: str | None, adding: int) -> Busy | None:
+        """`check_capacity`'s refusal of `adding` more calls of `key`, None if admitted."""
         limit = self._limit()
         total = self.inflight + adding
         if total > limit:
-            raise Busy(f"gateway {self.name} has {self.inflight} calls in flight"
-                       + _passing(adding, "limit"))
+            return Busy(f"gateway {self.name} has {self.inflight} calls in flight"
+                        + _passing(adding, "limit"))
         fair = int(limit * GATEWAY_KEY_SHARE_FROM)
-        if total <= fair or (key := key_label()) is None:
-            return
+        if total <= fair or key is None:
+            return None
         held = self.inflight_of.get(key, 0)
         kept = fair + (limit - fair) // 2
         last = -(-(limit - kept) // 8)  # at least 1 while there is room past the line
         if total > limit - last:
             if held or adding > 1:
-                raise self._past(fair, key, held, adding, f"the last {last} calls to the limit "
-                                 f"are kept for keys holding none, one call each, so that a new "
-                                 f"key gets in however many others hold their floor")
-            return
+                return self._past(fair, key, held, adding, f"the last {last} calls to the limit "
+                                  f"are kept for keys holding none, one call each, so that a new "
+                                  f"key gets in however many others hold their floor")
+            return None
         floor = min(GATEWAY_KEY_FLOOR, key_floor_most(limit))
         if held + adding <= floor:
-            return
+            return None
         if total > kept:
-            raise self._past(fair, key, held, adding, f"the calls from {kept} to the limit are "
-                             f"kept for keys that may hold up to {floor} in flight (KAIROS_"
-                             f"GATEWAY_KEY_FLOOR, at most 1/16 of that room), so that every key "
-                             f"gets some in")
+            return self._past(fair, key, held, adding, f"the calls from {kept} to the limit are "
+                              f"kept for keys that may hold up to {floor} in flight (KAIROS_"
+                              f"GATEWAY_KEY_FLOOR, at most 1/16 of that room), so that every key "
+                              f"gets some in")
         keys = len(self.inflight_of)  # a key holding calls among them; one holding none gets in
         if held and held + adding > (share := max(floor, kept // keys)):
             among = "this key alone" if keys == 1 else f"the {keys} keys with calls in flight"
-            raise self._past(fair, key, held, adding, f"a key holding calls may hold up to its "
-                             f"share, {share}, in flight: {kept} (the kept line) split among "
-                             f"{among}, at least {floor}")
+            return self._past(fair, key, held, adding, f"a key holding calls may hold up to its "
+                              f"share, {share}, in flight: {kept} (the kept line) split among "
+                              f"{among}, at least {floor}")
+        return None
 
     def _past(self, fair: int, key: str, held: int, adding: int, why: str) -> Busy:
         """The refusal of a key's calls past `fair` in flight, saying `why`."""

@@ -1,8 +1,9 @@
 """A stream's event without room in flight waits in a queue on the gateway's accounting
 (review of 7999adf, H1): it polled (`_room`, every 1-50 ms), and 4,096 waiting streams took
-90-97% of a core. Now nothing runs while no call ends; each call that ends wakes one waiter,
-first come first; a waiter still refused goes back to the head; one cancelled or timed out
-leaves the queue. On `Gateway` and `ingesting._room` directly, the real check counted."""
+90-97% of a core. Now nothing runs while no call ends; each call that ends wakes one waiter
+whose key would be admitted, first come first within a key; a waiter still refused goes back to
+its key's head; one cancelled or timed out leaves the queue. On `Gateway` and `ingesting._room`
+directly, the real check counted."""
 from __future__ import annotations
 
 import asyncio
@@ -10,6 +11,7 @@ import asyncio
 import pytest
 
 from kairos.cluster.gateway import auth, calls, ingesting
+from kairos.cluster.gateway.auth import Auth
 from kairos.cluster.gateway.calls import Gateway
 from kairos.cluster.transport.client import Busy
 
@@ -79,6 +81,39 @@ def test_waiting_events_cost_nothing_until_calls_end_then_go_in_order():
     asyncio.run(main())
 
 
+def test_a_key_past_its_share_does_not_hold_up_another_keys_waiter(monkeypatch):
+    """web holds 35 of 40 (past its share), app 1 (its floor); web's stream event waits, then
+    app's. app's call ends: app holds none, its event would be admitted. In one queue for all,
+    the wake went to web's event, first, refused again, and app's slept on until its stream
+    ended (KAIROS_INGEST_STREAM_STALL_S); now app's is woken, web's waits on."""
+    monkeypatch.setattr(ingesting, "INGEST_STREAM_STALL_S", 0.5)
+    keys = {key.label: key for _, key in Auth.load("""keys:
+  - {key: 'web-ingest-decide-0123456789', name: web, scopes: [ingest]}
+  - {key: 'app-ingest-decide-0123456789', name: app, scopes: [ingest]}
+""")._keys}
+
+    async def event(gateway: Gateway, label: str) -> str:
+        auth._caller.set(keys[label])
+        try:
+            await ingesting._room(gateway, _refusal(gateway))
+        except Busy:
+            return "ended"
+        return "admitted"
+
+    async def main() -> None:
+        gateway = Gateway("g", None, None)
+        gateway.count("web", 35)
+        gateway.count("app")
+        web = asyncio.ensure_future(event(gateway, "web"))
+        await _turns(2)
+        app = asyncio.ensure_future(event(gateway, "app"))
+        await _turns(2)
+        gateway.uncount("app")
+        assert await asyncio.wait_for(app, 0.4) == "admitted"
+        assert await web == "ended" and not gateway._waiters
+    asyncio.run(main())
+
+
 def test_a_waiter_refused_when_woken_keeps_its_turn():
     """The call that ended is replaced before the woken waiter looks (a unary call took the
     room): it is refused, and waits again first; the next call's end is its."""
@@ -104,7 +139,7 @@ def test_a_cancelled_waiter_leaves_the_queue_and_passes_on_its_wake():
         await _turns()
         waiting.tasks[1].cancel()
         await _turns()
-        assert len(waiting.gateway._waiters) == 2
+        assert len(waiting.gateway._waiters[None]) == 2
         waiting.gateway.uncount(None)  # wakes the first, cancelled before it looks
         waiting.tasks[0].cancel()
         await _turns()
