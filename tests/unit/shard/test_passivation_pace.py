@@ -92,7 +92,10 @@ def test_past_the_resident_limit_and_its_overflow_new_customers_wait_for_the_bud
     has half a tick's budget (test_crowded.py), others one home. What was acknowledged
     survives a crash."""
     monkeypatch.setattr(shard_module, "PASSIVATE_BUDGET_S", 0.0)
-    monkeypatch.setattr(shard_module, "TICK_S", 3600.0)  # time for every home past the limit
+    # time for every home past the limit: the crowded tick's budget is PASSIVATE_CROWDED_S
+    # (50 ms), capped at half a tick, which five fsynced homes passed on a loaded machine
+    monkeypatch.setattr(shard_module, "TICK_S", 3600.0)
+    monkeypatch.setattr(shard_module, "PASSIVATE_CROWDED_S", 1800.0)
     clock = Clock()
     s = shard(compiled, store=DirectoryStore(tmp_path), clock=clock, resident_limit=10)
     s.residency.chunk, s.residency.overflow = 2, 5
