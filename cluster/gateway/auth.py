@@ -149,7 +149,7 @@ class Denied(Exception):
 @dataclass(frozen=True)
 class ApiKey:
     """A configured key; `label`, set by `Auth`, is what its calls in flight count as
-    (`calls.key_label`): unique among the gateway's keys (names need not be), a string (its
+    (`inflight.key_label`): unique among the gateway's keys (names need not be), a string (its
     hash is cached), and None for a gateway's one key, which has the whole limit."""
 
     name: str
