@@ -175,6 +175,14 @@ STEPS = st.lists(st.tuples(st.sampled_from(("keep",) * 8 + ("drop", "drop", "cle
 # oldest (set aside first), then channel 0's
 @example(12, 3, [("keep", 1, 0, 2), ("keep", 0, 0, 2), ("keep", 2, 1, 8), ("keep", 2, 2, 1),
                  ("drop", 0, 1, 1), ("keep", 0, 0, 1), ("keep", 1, 0, 1), ("keep", 2, 2, 7)])
+# a channel over its floor whose set-aside decision is older than the new decision's own
+# set-aside one lets it go first (taking the new decision's own first would not)
+@example(6, 3, [("keep", 1, 0, 1), ("keep", 0, 0, 1), ("keep", 2, 1, 4), ("keep", 2, 1, 1),
+                ("drop", 0, 1, 1), ("keep", 1, 0, 1), ("keep", 2, 2, 3), ("keep", 0, 0, 1)])
+# a drop that leaves a channel's set-aside decisions with no channel over its floor: the
+# memo's account of those channels follows each drop (none left stale by a delete)
+@example(4, 2, [("keep", 1, 1, 1), ("keep", 0, 0, 3), ("keep", 0, 1, 1), ("drop", 0, 0, 1),
+                ("keep", 1, 0, 1), ("drop", 0, 0, 1), ("keep", 0, 0, 3)])
 def test_the_memo_keeps_the_rule_over_any_interleaving(capacity, channels, steps):
     """The memo against a list of (id, channel, customer) in the order made: when full, the
     oldest goes whose channel holds more than the floor, counting the new decision, or is the
