@@ -40,7 +40,9 @@ RESIDENT_BYTES = 1100
 # committed run of `python -m bench.costs` kept 882 bytes an entry for a decision of the default
 # catalog (its 11 inputs, 88 bytes of them) whose action was accepted: 794 besides the inputs,
 # rounded up. Entries x (MEMO_ENTRY_BYTES + inputs) stays under MEMO_BYTES whatever the
-# number of inputs; a placement that shows more actions keeps more an entry (MEMORY_MARGIN).
+# number of inputs; a placement that shows more actions keeps more an entry (MEMORY_MARGIN), and
+# so does a decision the memo set aside for a channel at its floor (some 90-120 bytes more, at
+# most half the entries: 4-6 MiB a shard, also within MEMORY_MARGIN).
 COSTS_RUN = REPO / "bench/results/costs-20261206T130911Z.json"
 MEMO_ENTRY_BYTES = 800
 MEMO_BYTES = DECISION_MEMO_BYTES + DECISION_CACHE_SIZE * MEMO_ENTRY_BYTES
