@@ -376,9 +376,12 @@ def key_floor_most(limit: int) -> int:
 
 
 # ... the calls any key may hold past T, however many share it; one set above key_floor_most of
-# the limit is refused (the default is held to it).
-GATEWAY_KEY_FLOOR = integer("GATEWAY_KEY_FLOOR", 64, high=key_floor_most(GATEWAY_INFLIGHT_LIMIT),
-                            high_of="GATEWAY_INFLIGHT_LIMIT")
+# the limit is refused (the default is held to it), but not with shares off: no floor is used.
+GATEWAY_KEY_FLOOR = integer(
+    "GATEWAY_KEY_FLOOR", 64,
+    high=math.inf if GATEWAY_KEY_SHARE_FROM == 1 else key_floor_most(GATEWAY_INFLIGHT_LIMIT),
+    high_of="GATEWAY_INFLIGHT_LIMIT and KAIROS_GATEWAY_KEY_SHARE_FROM: a sixteenth of the room "
+            "above the kept line")
 # Load shedding (gateway/admission.py): the queueing delay a gateway keeps its calls near by
 # refusing a share of new ones, and how often it adjusts that share (RFC 8033's 15 ms).
 SHED_TARGET_S = number("SHED_TARGET_S", 0.015, above=True, high=60.0)

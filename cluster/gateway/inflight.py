@@ -7,8 +7,6 @@ several keys', leaves every other key some room.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections import deque
 from typing import Callable
 
 from kairos.cluster.gateway.auth import Denied, caller
@@ -25,8 +23,6 @@ class Inflight:
         self._limit = limit
         self.inflight = 0
         self.inflight_of: dict[str, int] = {}  # by key label (`key_label`), none at 0
-        # `room`'s waiters by key label, first come first; keys in the order they came
-        self._waiters: dict[str | None, deque[asyncio.Future]] = {}
 
     def count(self, key: str | None, calls: int = 1) -> None:
         """`calls` more runtime calls in flight, of `key` (`key_label()`; None: of no key's
@@ -36,83 +32,13 @@ class Inflight:
             self.inflight_of[key] = self.inflight_of.get(key, 0) + calls
 
     def uncount(self, key: str | None, calls: int = 1) -> None:
-        """`calls` that `count` counted are done: a key with none left is dropped, and up to as
-        many of `room`'s waiters as calls freed are woken (`_wake`)."""
+        """`calls` that `count` counted are done: a key with none left is dropped."""
         self.inflight -= calls
         if key is not None:
             if held := self.inflight_of.get(key, 0) - calls:
                 self.inflight_of[key] = held
             else:  # (none counted at all for an empty batch)
                 self.inflight_of.pop(key, None)
-        if self._waiters:
-            self._wake(calls)
-
-    def _wake(self, calls: int) -> None:
-        """Wake up to `calls` waiters whose key would be admitted now, each key's first come
-        first, keys in turn in the order they came: a key past its share does not hold up
-        another's waiters behind its own (one queue for all did: its woken head refused, the
-        other key's waiter slept on, its room unused, until its stream ended). A check per
-        key waiting, not per waiter."""
-        woken: dict[str | None, int] = {}
-        while calls:
-            ready = [key for key in self._waiters
-                     if self._refusal(key, woken.get(key, 0) + 1) is None][:calls]
-            if not ready:
-                return
-            for key in ready:
-                if (waiter := self._pop(key)) is not None:
-                    waiter.set_result(None)
-                    woken[key] = woken.get(key, 0) + 1
-                    calls -= 1
-
-    def _pop(self, key: str | None) -> asyncio.Future | None:
-        """`key`'s first waiter still waiting, if any (a cancelled one stays queued until its
-        task runs: `_leave`); its queue goes once empty."""
-        queue, waiter = self._waiters[key], None
-        while queue and waiter is None:
-            if not (first := queue.popleft()).done():
-                waiter = first
-        if not queue:
-            del self._waiters[key]
-        return waiter
-
-    async def room(self, refused: Busy, within_s: float) -> None:
-        """Wait for room for a call of the caller's key, which `check_capacity` `refused`,
-        raising the last refusal if none comes within `within_s`. Waiters are woken as calls
-        end (`uncount`), first come first within a key; one still refused when woken (the
-        room went to a call admitted meanwhile) waits again at its key's head. Nothing runs
-        while nothing ends: 4,096 streams polling for room took 90-97% of a core and set the
-        shedder refusing 90% of every key's calls."""
-        loop = asyncio.get_running_loop()
-        until, first, key = loop.time() + within_s, False, key_label()
-        while True:
-            waiter = loop.create_future()
-            queue = self._waiters.setdefault(key, deque())
-            (queue.appendleft if first else queue.append)(waiter)
-            try:
-                async with asyncio.timeout_at(until):
-                    await waiter
-            except TimeoutError:
-                self._leave(key, waiter)
-                raise refused from None
-            except BaseException:
-                self._leave(key, waiter)
-                raise
-            try:
-                return self.check_capacity()
-            except Busy as exc:
-                refused, first = exc, True
-
-    def _leave(self, key: str | None, waiter: asyncio.Future) -> None:
-        """A waiter gives up (timed out, or its stream cancelled): its place goes, and a wake
-        it was given passes on."""
-        if waiter.done() and not waiter.cancelled():
-            self._wake(1)
-        if (queue := self._waiters.get(key)) is not None:
-            with contextlib.suppress(ValueError):  # woken: no longer queued
-                queue.remove(waiter)
-            if not queue:
-                del self._waiters[key]
 
     def count_until_answered(self, reply: asyncio.Future) -> None:
         """The runtime call of `reply` counts in flight, as the caller's, until its shard

@@ -16,7 +16,7 @@ from kairos.cluster import protocol
 from kairos.cluster.gateway import requests, wire
 from kairos.cluster.gateway.auth import Denied, caller, check_channel, require_scope
 from kairos.cluster.gateway.bounds import host_of
-from kairos.cluster.gateway.calls import FORGOTTEN_IN_CALL, Gateway, abort
+from kairos.cluster.gateway.calls import FORGOTTEN_IN_CALL, abort
 from kairos.cluster.gateway.inflight import key_label
 from kairos.cluster.gateway.streambounds import IdleLimit, WaitLimit
 from kairos.cluster.settings import INGEST_STREAM_IDLE_S, INGEST_STREAM_STALL_S, STREAM_WINDOW
@@ -125,9 +125,9 @@ class Ingesting:
         goes unsent, all of it (`Call`). Each event is checked as a unary Ingest is
         (`Gateway.checked`): against the catalog the cluster runs when it is read, not the one
         it ran when the stream opened. One without room in the gateway's calls in flight, or
-        in its key's share (`Gateway.check_capacity`), waits for it, the events behind it
-        unread (flow control holds the caller), for at most INGEST_STREAM_STALL_S (`_room`,
-        then RESOURCE_EXHAUSTED). A gateway serves at most INGEST_STREAMS of them (and
+        in its key's share (`Gateway.check_capacity`), ends the stream RESOURCE_EXHAUSTED with
+        the refusal, every event before it acked: the caller sends the rest again on a new
+        stream. A gateway serves at most INGEST_STREAMS of them (and
         of those, at most INGEST_STREAMS_PER_KEY of one key and _PER_HOST from one host: past
         any, RESOURCE_EXHAUSTED), and ends one whose caller sent no event for
         INGEST_STREAM_IDLE_S (DEADLINE_EXCEEDED, once every event sent was acked), or kept
@@ -200,10 +200,7 @@ class Ingesting:
                 n += 1
                 try:
                     check_event(event)
-                    try:
-                        self.gateway.check_capacity()
-                    except Busy as refused:
-                        await _room(self.gateway, refused)
+                    self.gateway.check_capacity()
                     checked = await self.gateway.checked(
                         lambda catalog: requests.event_request(event, catalog, where),
                         self.gateway.timeout(context))
@@ -372,18 +369,6 @@ class _Stall(WaitLimit):
             await put
         finally:
             self.paused, self.since = False, None
-
-
-async def _room(gateway: Gateway, refused: Busy) -> None:
-    """Wait for room for a stream's next event, which `gateway.check_capacity` `refused`; Busy,
-    saying so, if none comes within INGEST_STREAM_STALL_S."""
-    try:
-        await gateway.room(refused, INGEST_STREAM_STALL_S)
-    except Busy as exc:
-        raise Busy(f"{exc}; the stream's next event waited {INGEST_STREAM_STALL_S:g} s for room "
-                   f"(KAIROS_INGEST_STREAM_STALL_S): the gateway ended the stream; the events "
-                   f"acked on it were applied, none after them: send again from the first not "
-                   f"acked") from None
 
 
 def _end_stalled(context, handler: asyncio.Task, why: str) -> asyncio.Future:
