@@ -447,8 +447,7 @@ INGEST_STREAM_IDLE_S = number("INGEST_STREAM_IDLE_S", 600.0, above=True)
 # an ack's write held by flow control, before the gateway ends the stream (RESOURCE_EXHAUSTED):
 # its window of events is not held for a caller that stopped reading. Flow control hands acks on
 # as the caller's reads free its HTTP/2 window, some 30 KB at a time; a caller with fewer events
-# unacked is not timed by this. It also bounds an event's wait for room in the gateway's calls
-# in flight, or its key's share (GATEWAY_KEY_SHARE_FROM), its caller held by flow control.
+# unacked is not timed by this.
 INGEST_STREAM_STALL_S = number("INGEST_STREAM_STALL_S", 30.0, above=True)
 # ... which is at most INGEST_STREAM_IDLE_S: a caller holding its whole window unacked (the most
 # a stream holds) would otherwise be cut later than one that holds less, or sends nothing.
