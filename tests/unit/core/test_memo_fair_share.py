@@ -13,7 +13,8 @@ import pytest
 from hypothesis import example, given, settings, strategies as st
 
 from kairos.core.decision import Learned
-from kairos.core.engine import DecisionEngine, _Memo, _Remembered
+from kairos.core.engine import DecisionEngine
+from kairos.core.memo import Memo, Remembered
 
 T0 = 1_800_000_000.0
 CAPACITY = 48  # a memo_capacity small enough to flood in a unit test
@@ -132,7 +133,7 @@ def test_decisions_held_out_of_the_memo_are_remembered_only_when_named(engine):
 
 @pytest.mark.parametrize("channel", [6, -1])
 def test_a_channel_code_not_the_memos_is_refused_with_the_memo_unchanged(channel):
-    memo = _Memo(4, 6)
+    memo = Memo(4, 6)
     memo.keep("d0", entry(0, 5))
     with pytest.raises(ValueError, match="channel code"):
         memo.keep("d1", entry(1, channel))
@@ -149,8 +150,8 @@ def test_memo_capacity_is_the_memos_own(engine, monkeypatch):
 
 # -- the rule against a reference model ------------------------------------------------------
 
-def entry(customer: int, channel: int) -> _Remembered:
-    return _Remembered(f"c{customer}", channel, np.zeros(1), (), ())
+def entry(customer: int, channel: int) -> Remembered:
+    return Remembered(f"c{customer}", channel, np.zeros(1), (), ())
 
 
 # (step, channel, customer, decisions): mostly bursts of decisions on one channel, so that the
@@ -187,7 +188,7 @@ def test_the_memo_keeps_the_rule_over_any_interleaving(capacity, channels, steps
     """The memo against a list of (id, channel, customer) in the order made: when full, the
     oldest goes whose channel holds more than the floor, counting the new decision, or is the
     new decision's own; nothing else goes but what a drop or a clear names."""
-    memo, model, ids = _Memo(capacity, channels), [], itertools.count()
+    memo, model, ids = Memo(capacity, channels), [], itertools.count()
     floor = capacity // (2 * channels)
     for step, channel, customer, decisions in steps:
         channel %= channels
