@@ -242,6 +242,19 @@ def ray_cluster() -> Iterator[Callable[..., Any]]:
         yield start
 
 
+# -- the gateway's deadline ------------------------------------------------------------------------
+
+@pytest.fixture
+def roomy_answer_margin(monkeypatch) -> float:
+    """The in-process gateway stops waiting for a shard 0.25 s before its caller's deadline, not
+    5 % of it: a test that wants the fallback within a short deadline is otherwise at the mercy
+    of a loaded machine (a CI run's gateway loop, 15 ms late, turned 0.3 s's fallback into
+    DEADLINE_EXCEEDED). Use a deadline of at least twice the margin."""
+    from kairos.cluster.gateway import calls
+    monkeypatch.setattr(calls, "DEADLINE_MARGIN_S", 0.25)
+    return 0.25
+
+
 # -- catalogs, kernels, benchmarks ---------------------------------------------------------------
 
 @pytest.fixture(params=["cython", "reference"])

@@ -67,7 +67,8 @@ class _Queued(LocalBackend):
         return await super().send(name, session, seq, requests, routed)
 
 
-def test_a_decide_answered_with_the_fallback_records_nothing_on_a_shard_that_reaches_it_late():
+def test_a_decide_answered_with_the_fallback_records_nothing_on_a_shard_that_reaches_it_late(
+        roomy_answer_margin):
     """End to end: the caller was shown the fallback; the shard, reaching the Decide well past
     its expiry, decides nothing, so no impression of a decision nobody saw is recorded."""
     backend = _Queued()
@@ -76,7 +77,7 @@ def test_a_decide_answered_with_the_fallback_records_nothing_on_a_shard_that_rea
         stub.Ingest(pb.Event(customer_id="imp", type="app_open", channel="web"), timeout=10)
         backend.delay = 1.0
         shown = stub.Decide(pb.DecideRequest(customer_id="imp", channel="web",
-                                             record_impression=True), timeout=0.3)
+                                             record_impression=True), timeout=0.5)
         assert shown.fallback
         time.sleep(1.2)  # the shard has reached it
         backend.delay = 0.0

@@ -237,7 +237,7 @@ class _DecidesLate(LocalBackend):
         return await super().send(name, session, seq, requests, routed)
 
 
-def test_a_fallback_by_alias_names_the_alias_to_every_key():
+def test_a_fallback_by_alias_names_the_alias_to_every_key(roomy_answer_margin):
     """The fallback was decided for no one: it names the alias as named, to a key with
     profile:read as to one without (it named none to the former, the anonymous id to the
     latter)."""
@@ -246,7 +246,7 @@ def test_a_fallback_by_alias_names_the_alias_to_every_key():
         stub = kei_linked(channel)
         backend.delay = 1.0
         for secret in (WEB, READER):
-            shown = stub.Decide(pb.DecideRequest(alias=EMAIL, channel="web"), timeout=0.3,
+            shown = stub.Decide(pb.DecideRequest(alias=EMAIL, channel="web"), timeout=0.5,
                                 metadata=key(secret))
             assert shown.fallback and shown.customer_id == ANON
 
