@@ -118,6 +118,19 @@ class LocalBackend:
             await asyncio.sleep(0)
 
 
+class DecidesLate(LocalBackend):
+    """A backend whose shards reach Decides `delay` seconds after they are sent (a queue ahead
+    of them), and every other request at once."""
+
+    delay = 0.0
+
+    async def send(self, name: str, session: str, seq: int, requests: list[Request],
+                   routed: list[int]) -> list[Reply]:
+        if any(getattr(r, "kind", None) == "decide" for r in requests):
+            await asyncio.sleep(self.delay)
+        return await super().send(name, session, seq, requests, routed)
+
+
 class LocalShard:
     """ShardControl over a Shard in this process."""
 

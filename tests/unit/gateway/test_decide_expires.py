@@ -18,7 +18,7 @@ from kairos.v1 import decision_pb2 as pb
 from kairos.v1.decision_pb2_grpc import DecisionServiceStub
 
 from tests.support.inprocess_gateway import serving
-from tests.support.local_backend import LocalBackend
+from tests.support.local_backend import DecidesLate, LocalBackend
 
 
 class Context:
@@ -85,21 +85,10 @@ def test_a_decide_answered_with_the_fallback_records_nothing_on_a_shard_that_rea
         assert profile.events_applied == 1 and not profile.history
 
 
-class _DecidesQueued(LocalBackend):
-    """A shard that reaches Decides `delay` seconds after they are sent; reads at once."""
-
-    delay = 0.0
-
-    async def send(self, name, session, seq, requests, routed):
-        if any(getattr(r, "kind", None) == "decide" for r in requests):
-            await asyncio.sleep(self.delay)
-        return await super().send(name, session, seq, requests, routed)
-
-
 def test_a_profile_read_past_its_deadline_logs_no_decision_its_caller_never_got():
     """Review rev42 d-gateway finding 1: GetProfile's logged Decide (the channel its caller
     shows) carried no expiry, so a shard reaching it late logged it as evidence."""
-    backend = _DecidesQueued()
+    backend = DecidesLate()
     with serving(backend=backend) as (_, channel):
         stub = DecisionServiceStub(channel)
         stub.Ingest(pb.Event(customer_id="prof", type="app_open", channel="web"), timeout=10)

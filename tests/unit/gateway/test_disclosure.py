@@ -9,7 +9,6 @@ link is under way, and once the shard's redirect is gone), else the one a Decide
 answered; and reflection, open without a key, neither lists nor describes AdminService."""
 from __future__ import annotations
 
-import asyncio
 
 import grpc
 import pytest
@@ -26,7 +25,7 @@ from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
 from tests.support.inprocess_gateway import serving
-from tests.support.local_backend import LocalBackend
+from tests.support.local_backend import DecidesLate
 
 DEADLINE_S = 10
 WEB, READER, OPS = "web-channel-key-0123456789", "web-reader-key-0123456789", \
@@ -226,22 +225,11 @@ def test_only_a_refusal_for_no_decision_issued_retries_an_anonymous_id_as_its_al
         assert requests.retried_as_alias(Who(ANON, None), refused) is None
 
 
-class _DecidesLate(LocalBackend):
-    """A shard that reaches Decides `delay` seconds after they are sent; the rest at once."""
-
-    delay = 0.0
-
-    async def send(self, name, session, seq, requests, routed):
-        if any(getattr(r, "kind", None) == "decide" for r in requests):
-            await asyncio.sleep(self.delay)
-        return await super().send(name, session, seq, requests, routed)
-
-
 def test_a_fallback_by_alias_names_the_alias_to_every_key(roomy_answer_margin):
     """The fallback was decided for no one: it names the alias as named, to a key with
     profile:read as to one without (it named none to the former, the anonymous id to the
     latter)."""
-    backend = _DecidesLate()
+    backend = DecidesLate()
     with serving(KEYS, backend) as (_, channel):
         stub = kei_linked(channel)
         backend.delay = 1.0
