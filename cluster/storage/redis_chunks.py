@@ -61,9 +61,11 @@ CHUNK_BYTES = 4 << 20  # one SET each: far below the value limit, sent well with
 # 256 MiB, is read either way: chunks are read only under a header.
 ONE_VALUE_BYTES = 192 << 20
 READ_BYTES = 16 << 20  # chunks' GETs sent together, as redis_store.py's PIPELINE_BYTES
-# no chunk but a value's last is shorter (settings.py's REDIS_SNAPSHOT_CHUNK's least; meta's
-# CHUNK_BYTES): a header naming more chunks than its length takes at this is damaged
+# no chunk but a value's last is shorter, or longer (settings.py's REDIS_SNAPSHOT_CHUNK's bounds;
+# meta's CHUNK_BYTES): a header naming a count of chunks no size between cuts its length in is
+# damaged
 LEAST_CHUNK_BYTES = 1 << 20
+MOST_CHUNK_BYTES = 64 << 20
 STALE_S = 600.0  # a generation not written to for this long is a killed save's
 READ_TRIES = 3  # reads a chunk gone to a newer save starts over (then StoreUnavailable)
 # how a switch fails that may have landed (its reply lost; the replicas not holding it in time
@@ -226,7 +228,7 @@ def _assemble(client: redis.Redis, value: Value, header: bytes) -> bytes | None:
     """The chunks `header` names, joined and checked; None if a newer save replaced them."""
     generation, length, count, digest = _fields(value, header)
     parts, hasher = [], hashlib.sha256()
-    per_read = max(1, READ_BYTES * count // max(length, 1))
+    per_read = max(1, READ_BYTES * count // length)  # `_fields`: at least a byte a chunk
     for first in range(0, count, per_read):
         with client.pipeline(transaction=False) as pipe:
             for n in range(first, min(first + per_read, count)):
@@ -325,27 +327,39 @@ def swept(value: Value, overtaken: bool = False) -> StoreUnavailable:
 def _fields(value: Value, header: bytes) -> tuple[str, int, int, bytes]:
     """`header`'s generation, length, chunks and SHA-256: StoreCorrupt if it is not what
     `stage` writes (changed outside Kairos)."""
-    fields = _unpacked(header)
+    fields, why = _parsed(header)
     if fields is None:
         # meta's next save replaces it; a snapshot's is not saved over (its recovery is
         # refused): redis_snapshots.py `get` names the DEL that lets it recover
         replaced = "; a save replaces it" if value.family == "m" else ""
-        raise StoreCorrupt(f"{_named(value)}: its header {value.key('h')} is damaged (not "
-                           f"msgpack [generation, length, chunks, SHA-256] of as many chunks "
-                           f"as its length takes){replaced}")
+        raise StoreCorrupt(f"{_named(value)}: its header {value.key('h')} is damaged "
+                           f"({why}){replaced}")
     return fields
 
 
 def _unpacked(header: bytes) -> tuple[str, int, int, bytes] | None:
+    return _parsed(header)[0]
+
+
+def _parsed(header: bytes) -> tuple[tuple[str, int, int, bytes] | None, str]:
+    """`header`'s fields, or None and how it is damaged: checked before any chunk is read, so
+    a length its chunks cannot hold is not found after reading them all (one GET each: a read
+    sends READ_BYTES' worth of chunks by the length), nor a count that is no chunk size's
+    listed as that many chunks' names."""
     try:
-        generation, length, count, digest = msgpack.unpackb(header)
+        fields = tuple(msgpack.unpackb(header))
     except (ValueError, TypeError):  # msgpack's errors are ValueErrors; a scalar: TypeError
-        return None
-    kinds = (str, int, int, bytes)
-    fields = (generation, length, count, digest)
-    if not all(map(isinstance, fields, kinds)):
-        return None
-    return fields if 0 < count <= min(length, length // LEAST_CHUNK_BYTES + 1) else None
+        fields = ()
+    if len(fields) != 4 or not all(map(isinstance, fields, (str, int, int, bytes))):
+        return None, "not msgpack [generation, length, chunks, SHA-256]"
+    length, count = fields[1:3]
+    counts = range(max(1, -(-length // MOST_CHUNK_BYTES)), -(-length // LEAST_CHUNK_BYTES) + 1)
+    if count in counts:
+        return fields, ""
+    takes = f"a value of {length} bytes is in {counts[0]} to {counts[-1]} chunks" if counts \
+        else f"no value of {length} bytes is in chunks"
+    return None, (f"it names {count} chunks: {takes} of {LEAST_CHUNK_BYTES} to "
+                  f"{MOST_CHUNK_BYTES} bytes, all but the last")
 
 
 def _generation(header: bytes | None) -> str | None:

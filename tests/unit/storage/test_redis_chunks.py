@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import time
 from typing import Iterator
@@ -20,6 +21,7 @@ from tests.unit.storage.test_store import guarded_redis  # noqa: F401 (a fixture
 
 CHUNK = 1 << 19  # 512 KiB: the server below takes no value past 1 MiB
 LEAST = 1000  # the least chunk a test writes (redis_chunks.py LEAST_CHUNK_BYTES)
+MOST = redis_chunks.MOST_CHUNK_BYTES
 
 
 @pytest.fixture
@@ -360,17 +362,27 @@ def test_a_sweep_keeps_the_chunks_a_partial_exec_switched_in(store, monkeypatch)
     assert store.get_meta("learner") == new
 
 
-def test_a_header_naming_more_chunks_than_its_length_takes_is_damaged(store):
-    """No chunk but the last is shorter than LEAST_CHUNK_BYTES: a header naming none, or more
-    than its length takes at that, is damaged (StoreCorrupt saying so), not a read of as many
-    chunks' names."""
+@pytest.mark.parametrize("length, count, said", [
+    (10 * LEAST, 0, "a value of 10000 bytes is in 1 to 10 chunks"),
+    (10 * LEAST, 11, "in 1 to 10 chunks"),  # length // LEAST + 1 passed
+    (10 * LEAST + 1, 12, "in 1 to 11 chunks"),
+    (0, 1, "no value of 0 bytes is in chunks"),
+    # far longer than 3 chunks hold: a read of all 3 (one GET each) found it only after
+    (3 * MOST + 1, 3, "a value of 201326593 bytes is in 4 to 201327 chunks"),
+    (1 << 62, 3, f"in {(1 << 62) // MOST} to "),
+    (3 * MOST, 3, "hold 1572864 bytes that do not match its header's length")])  # sound
+def test_a_header_naming_chunks_no_chunk_size_cuts_its_length_in_is_damaged(store, length,
+                                                                            count, said):
+    """No chunk but the last is shorter than LEAST_CHUNK_BYTES or longer than MOST: a header
+    naming none, or a count no chunk size in those cuts its length in, is damaged (StoreCorrupt
+    saying what it takes) before a chunk is read, not a read of as many chunks' names or of
+    chunks that cannot hold its length."""
     store.put_meta("learner", os.urandom(3 * CHUNK))
-    generation, length, _, digest = msgpack.unpackb(store.r.get(f"{store.prefix}:mh:learner"))
-    for count in (0, length // LEAST + 2):
-        store.r.set(f"{store.prefix}:mh:learner",
-                    msgpack.packb([generation, length, count, digest]))
-        with pytest.raises(StoreCorrupt, match=r"header .*:mh:learner is damaged"):
-            store.get_meta("learner")
+    generation, _, _, digest = msgpack.unpackb(store.r.get(f"{store.prefix}:mh:learner"))
+    store.r.set(f"{store.prefix}:mh:learner", msgpack.packb([generation, length, count, digest]))
+    damaged = r"header .*:mh:learner is damaged .*" if "match" not in said else ""
+    with pytest.raises(StoreCorrupt, match=damaged + re.escape(said)):
+        store.get_meta("learner")
 
 
 def test_a_switch_whose_reply_was_lost_then_overtaken_says_it_may_have_been(store,
