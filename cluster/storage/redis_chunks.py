@@ -61,9 +61,10 @@ CHUNK_BYTES = 4 << 20  # one SET each: far below the value limit, sent well with
 # 256 MiB, is read either way: chunks are read only under a header.
 ONE_VALUE_BYTES = 192 << 20
 READ_BYTES = 16 << 20  # chunks' GETs sent together, as redis_store.py's PIPELINE_BYTES
-# no chunk but a value's last is shorter, or longer (settings.py's REDIS_SNAPSHOT_CHUNK's bounds;
-# meta's CHUNK_BYTES): a header naming a count of chunks no size between cuts its length in is
-# damaged
+# no chunk but a value's last is shorter, or longer (meta's CHUNK_BYTES; a snapshot's
+# KAIROS_REDIS_SNAPSHOT_CHUNK, whose bounds in settings.py these are: redis_snapshots.py refuses
+# one out of them at import): a header naming a count of chunks no size between cuts its length
+# in is damaged
 LEAST_CHUNK_BYTES = 1 << 20
 MOST_CHUNK_BYTES = 64 << 20
 STALE_S = 600.0  # a generation not written to for this long is a killed save's

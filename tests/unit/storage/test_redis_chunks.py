@@ -406,3 +406,7 @@ def test_a_switch_whose_reply_was_lost_then_overtaken_says_it_may_have_been(stor
         store.put_meta("learner", os.urandom(3 * CHUNK))
     monkeypatch.undo()
     assert store.get_meta("learner") == theirs
+
+
+def test_metas_chunks_are_of_a_size_the_header_check_takes():
+    assert redis_chunks.LEAST_CHUNK_BYTES <= redis_chunks.CHUNK_BYTES <= MOST
