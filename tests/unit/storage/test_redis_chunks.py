@@ -17,6 +17,7 @@ from kairos.cluster.storage import redis_chunks
 from kairos.cluster.storage.redis_store import RedisStore
 from kairos.cluster.storage.store import StoreCorrupt, StoreUnavailable
 
+from tests.support.dead_saves import full_of_a_dead_save, leave_a_dead_save
 from tests.unit.storage.test_store import guarded_redis  # noqa: F401 (a fixture)
 
 CHUNK = 1 << 19  # 512 KiB: the server below takes no value past 1 MiB
@@ -162,18 +163,8 @@ def test_an_acl_user_limited_to_kairos_commands_saves_and_reads_chunks(
     for value in (os.urandom(3500), os.urandom(2100), b"small", os.urandom(1001)):
         store.put_meta("learner", value)
         assert store.get_meta("learner") == value
-    monkeypatch.setattr(redis_chunks, "STALE_S", 0.001)
-    chunk = redis_chunks._chunk
-
-    def second_fails(value: redis_chunks.Value, generation: str, n: int) -> str:
-        assert n == 0
-        return chunk(value, generation, n)
-    monkeypatch.setattr(redis_chunks, "_chunk", second_fails)  # leaves a dead save, listed
-    with pytest.raises(AssertionError):
-        store.put_meta("learner", os.urandom(2000))
-    monkeypatch.undo()
+    leave_a_dead_save(lambda: store.put_meta("learner", os.urandom(2000)))
     assert len(store.r.zrange("acl:mp:learner", 0, -1)) == 1
-    time.sleep(0.05)
     store.put_meta("learner", b"x")  # sweeps it: ZRANGE, GETs, GET, ZREM, DEL
     assert store.r.zrange("acl:mp:learner", 0, -1) == []
 
@@ -332,16 +323,8 @@ def test_a_full_server_sweeps_a_dead_saves_chunks_then_takes_the_save(store, red
     that filled the server go, and the save that swept them is taken."""
     store.put_meta("learner", b"small before")
     value = redis_chunks.Value(store.prefix, "m", "learner")
-    staged = redis_chunks.stage(store.r, value, os.urandom(8 * CHUNK), CHUNK)  # killed
-    store.r.pexpire(redis_chunks._alive(value, staged.member.partition(":")[0]), 1)
-    time.sleep(0.05)
-    admin = redis_server.client()
-    limit = admin.config_get("maxmemory")["maxmemory"]
-    admin.config_set("maxmemory", admin.info("memory")["used_memory"] - (1 << 20))
-    try:
+    with full_of_a_dead_save(store.r, redis_server.client(), value, CHUNK):
         store.put_meta("learner", b"small after")
-    finally:
-        admin.config_set("maxmemory", limit)
     assert store.get_meta("learner") == b"small after"
     assert _keys(store) == [value.key().encode()]
 

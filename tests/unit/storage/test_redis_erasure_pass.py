@@ -11,6 +11,7 @@ import pytest
 from kairos.cluster.shard import decisionlog
 from kairos.cluster.storage.providers import open_store
 from kairos.cluster.storage.redis_errors import ReplicasBehind
+from kairos.cluster.storage.redis_server import RedisServer
 
 from tests.unit.storage.test_redis_replicas import (  # noqa: F401 (fixtures)
     attach, behind, detach, one_replica, pair, waits)
@@ -26,6 +27,21 @@ def _logs(url: str, anas: tuple[str, ...] = ("s00",)) -> decisionlog.LogWriter:
     for name in anas:
         store.decision_log(name).append([(1.0, "ana", b"a")])
     return decisionlog.LogWriter(store, "s00", Counter())
+
+
+def _erase_while_away(primary: RedisServer, replica: RedisServer,
+                      writer: decisionlog.LogWriter, customer: str) -> None:
+    """A pass of `writer` erasing `customer` while the replica is away: it WAITs once, which
+    fails, and keeps `customer` to erase again, done in none of its logs."""
+    detach(primary, replica)
+    try:
+        with behind():
+            before = waits(primary)
+            writer.submit([], {customer})
+            assert waits(primary) - before == 1
+            assert writer.unerased() == {customer} and writer.erased() == set()
+    finally:
+        attach(primary, replica)
 
 
 def test_each_log_of_an_erasure_pass_ends_with_a_wait_after_its_scan(
@@ -68,35 +84,17 @@ def test_an_erasure_pass_removing_from_many_logs_while_the_replica_is_away_waits
         pair):  # noqa: F811 (the fixture)
     """ana is in 8 of the 16 logs: the first removal's WAIT fails, the other 7 are removed
     from the primary without WAIT, and fail at once."""
-    primary, replica = pair
     anas = tuple(f"s{i:02}" for i in range(0, LOGS, 2))
-    writer = _logs(f"{primary.url}?prefix=pass-many", anas)
-    detach(primary, replica)
-    try:
-        with behind():
-            before = waits(primary)
-            writer.submit([], {"ana"})
-            assert waits(primary) - before == 1
-            assert writer.unerased() == {"ana"} and writer.erased() == set()
-    finally:
-        attach(primary, replica)
+    writer = _logs(f"{pair[0].url}?prefix=pass-many", anas)
+    _erase_while_away(*pair, writer, "ana")
     store = writer._store
     assert not [n for n in anas if b"ana" in b"".join(store.r.zrange(f"pass-many:d:{n}", 0, -1))]
 
 
 def test_an_erasure_pass_while_the_replica_is_away_waits_once(pair):  # noqa: F811 (the fixture)
     """The pass's one WAIT fails: every log is kept to erase again, none waited for again."""
-    primary, replica = pair
-    writer = _logs(f"{primary.url}?prefix=pass-away")
-    detach(primary, replica)
-    try:
-        with behind():
-            before = waits(primary)
-            writer.submit([], {"carl"})
-            assert waits(primary) - before == 1
-            assert writer.unerased() == {"carl"} and writer.erased() == set()
-    finally:
-        attach(primary, replica)
+    writer = _logs(f"{pair[0].url}?prefix=pass-away")
+    _erase_while_away(*pair, writer, "carl")
     writer.submit([], set(), (0.0, 1 << 30))  # the next trim tries them again
     assert writer.unerased() == set() and writer.erased() == {"carl"}
 

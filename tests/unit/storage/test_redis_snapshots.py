@@ -19,6 +19,7 @@ from kairos.cluster.storage.sealed import unseal
 from kairos.cluster.storage.store import (JournalDisowned, JournalFenced, StoreCorrupt,
                                           StoreUnavailable)
 
+from tests.support.dead_saves import full_of_a_dead_save, leave_a_dead_save
 from tests.unit.storage.test_redis_chunks import LEAST, least_chunk
 from tests.unit.storage.test_store import guarded_redis  # noqa: F401 (a fixture)
 
@@ -185,18 +186,9 @@ def test_an_acl_user_limited_to_kairos_commands_saves_and_reads_chunked_snapshot
                                  os.urandom(1001)), 1):
         store.put_snapshots({1: value}, unless_fenced="s0", lsn=lsn)
         assert store.get_snapshot(1) == value
-    monkeypatch.setattr(redis_chunks, "STALE_S", 0.001)
-    chunk = redis_chunks._chunk
-
-    def second_fails(value: redis_chunks.Value, generation: str, n: int) -> str:
-        assert n == 0
-        return chunk(value, generation, n)
-    monkeypatch.setattr(redis_chunks, "_chunk", second_fails)  # leaves a dead save, listed
-    with pytest.raises(AssertionError):
-        store.put_snapshots({1: os.urandom(2000)}, unless_fenced="s0", lsn=5)
-    monkeypatch.undo()
+    leave_a_dead_save(lambda: store.put_snapshots({1: os.urandom(2000)}, unless_fenced="s0",
+                                                  lsn=5))
     assert len(store.r.zrange("acl:snapshots:sp:1", 0, -1)) == 1
-    time.sleep(0.05)
     store.put_snapshots({1: b"x"}, unless_fenced="s0", lsn=6)  # and sweeps it
     assert store.r.zrange("acl:snapshots:sp:1", 0, -1) == []
     assert store.get_snapshot(1) == b"x"
@@ -425,18 +417,10 @@ def test_a_full_server_sweeps_a_dead_saves_chunks_then_takes_a_write(store, redi
     killed save filled frees them; a plain write refused there sweeps, and the next is taken."""
     store.put_snapshots({1: b"small before"})
     value = redis_snapshots._value(store.prefix, 1)
-    staged = redis_chunks.stage(store.r, value, os.urandom(8 * CHUNK), CHUNK)  # killed
-    store.r.pexpire(redis_chunks._alive(value, staged.member.partition(":")[0]), 1)
-    time.sleep(0.05)
-    admin = redis_server.client()
-    limit = admin.config_get("maxmemory")["maxmemory"]
-    admin.config_set("maxmemory", admin.info("memory")["used_memory"] - (1 << 20))
-    try:
+    with full_of_a_dead_save(store.r, redis_server.client(), value, CHUNK):
         with pytest.raises(StoreUnavailable, match="maxmemory"):
             store.put_snapshots({1: b"small after"})
         assert not [k for k in _keys(store) if b":sc:" in k]
         store.put_snapshots({1: b"small after"})
         redis_chunks.sweep_all(store.r, [value])  # nothing listed is left to sweep
-    finally:
-        admin.config_set("maxmemory", limit)
     assert store.get_snapshot(1) == b"small after" and store.r.zrange(value.key("p"), 0, -1) == []
