@@ -235,11 +235,14 @@ REDIS_REPLICAS = integer("REDIS_REPLICAS", 0, low=0, high=16)
 REDIS_REPLICAS_WAIT_S = number("REDIS_REPLICAS_WAIT_S", min(1.0, REDIS_TIMEOUT_S / 2),
                                above=True, high=REDIS_TIMEOUT_S / 2,
                                high_of="REDIS_TIMEOUT_S / 2")
-# The bytes of each Redis value a partition's snapshot past 256 MiB is written in
-# (storage/redis_snapshots.py; one up to 256 MiB stays one value): one SET each, so one exchange
+# The bytes of each Redis value a partition's snapshot past 192 MiB is written in
+# (storage/redis_snapshots.py; one up to 192 MiB stays one value): one SET each, so one exchange
 # within the socket timeout, and far below what a replica's output buffer holds (its hard limit
-# 256 MiB, its soft one 64 MiB for 60 s).
-REDIS_SNAPSHOT_CHUNK = integer("REDIS_SNAPSHOT_CHUNK", 16 << 20, low=1 << 20, high=64 << 20)
+# 256 MiB, its soft one 64 MiB for 60 s). Its bounds are those every reader checks a chunked
+# value's header by (storage/redis_chunks.py), whatever chunk size the writer took.
+REDIS_CHUNK_LEAST, REDIS_CHUNK_MOST = 1 << 20, 64 << 20
+REDIS_SNAPSHOT_CHUNK = integer("REDIS_SNAPSHOT_CHUNK", 16 << 20, low=REDIS_CHUNK_LEAST,
+                               high=REDIS_CHUNK_MOST)
 
 # -- control -----------------------------------------------------------------------------------
 # How often the controller looks for restarted shards and nodes that joined or left (its

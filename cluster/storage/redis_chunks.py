@@ -48,6 +48,7 @@ from typing import Iterator, NamedTuple
 import msgpack
 import redis
 
+from kairos.cluster.settings import REDIS_CHUNK_LEAST, REDIS_CHUNK_MOST
 from kairos.cluster.storage import redis_replicas
 from kairos.cluster.storage.redis_errors import ERRORS, ReplicasBehind
 from kairos.cluster.storage.store import StoreCorrupt, StoreUnavailable
@@ -62,11 +63,12 @@ CHUNK_BYTES = 4 << 20  # one SET each: far below the value limit, sent well with
 ONE_VALUE_BYTES = 192 << 20
 READ_BYTES = 16 << 20  # chunks' GETs sent together, as redis_store.py's PIPELINE_BYTES
 # no chunk but a value's last is shorter, or longer (meta's CHUNK_BYTES; a snapshot's
-# KAIROS_REDIS_SNAPSHOT_CHUNK, whose bounds in settings.py these are: redis_snapshots.py refuses
-# one out of them at import): a header naming a count of chunks no size between cuts its length
-# in is damaged
-LEAST_CHUNK_BYTES = 1 << 20
-MOST_CHUNK_BYTES = 64 << 20
+# KAIROS_REDIS_SNAPSHOT_CHUNK, which settings.py bounds by these): a header naming a count of
+# chunks no size between cuts its length in is damaged
+LEAST_CHUNK_BYTES, MOST_CHUNK_BYTES = REDIS_CHUNK_LEAST, REDIS_CHUNK_MOST
+# far past any value a save writes (a partition's snapshot, held in memory): it caps the chunk
+# names a damaged header has a reader list (a million at the least chunk) to name its DEL
+MOST_VALUE_BYTES = 1 << 40
 STALE_S = 600.0  # a generation not written to for this long is a killed save's
 READ_TRIES = 3  # reads a chunk gone to a newer save starts over (then StoreUnavailable)
 # how a switch fails that may have landed (its reply lost; the replicas not holding it in time
@@ -138,6 +140,9 @@ def in_chunks(blob: bytes) -> bool:
 def stage(client: redis.Redis, value: Value, blob: bytes, size: int) -> Staged:
     """Write `blob` in chunks of `size` under a generation of its own, listed as pending; the
     value is unchanged until a `switch` to them runs."""
+    if len(blob) > MOST_VALUE_BYTES:
+        raise ValueError(f"{_named(value)}: {len(blob)} bytes is past the most a reader takes "
+                         f"({MOST_VALUE_BYTES})")
     generation, view = os.urandom(8).hex(), memoryview(blob)
     count = -(-len(blob) // size)
     member, pending = f"{generation}:{count}", value.key("p")
@@ -354,6 +359,8 @@ def _parsed(header: bytes) -> tuple[tuple[str, int, int, bytes] | None, str]:
     if len(fields) != 4 or not all(map(isinstance, fields, (str, int, int, bytes))):
         return None, "not msgpack [generation, length, chunks, SHA-256]"
     length, count = fields[1:3]
+    if length > MOST_VALUE_BYTES:
+        return None, f"its length, {length} bytes, is past any save's ({MOST_VALUE_BYTES})"
     counts = range(max(1, -(-length // MOST_CHUNK_BYTES)), -(-length // LEAST_CHUNK_BYTES) + 1)
     if count in counts:
         return fields, ""

@@ -40,12 +40,6 @@ from kairos.cluster.storage.redis_journal import guarded
 from kairos.cluster.storage.store import JournalFenced, StoreCorrupt
 
 SNAPSHOT_CHUNK_BYTES = REDIS_SNAPSHOT_CHUNK
-# settings.py bounds it by numbers of its own: one out of the bounds every reader checks a
-# header by (redis_chunks.py) would save snapshots that read back damaged, so it fails at start
-if not redis_chunks.LEAST_CHUNK_BYTES <= SNAPSHOT_CHUNK_BYTES <= redis_chunks.MOST_CHUNK_BYTES:
-    raise ValueError(f"KAIROS_REDIS_SNAPSHOT_CHUNK must be >= {redis_chunks.LEAST_CHUNK_BYTES} "
-                     f"and <= {redis_chunks.MOST_CHUNK_BYTES} (the chunks a reader takes: "
-                     f"storage/redis_chunks.py), got {SNAPSHOT_CHUNK_BYTES}")
 STAND_IN = b"kairos: a snapshot in chunks, <prefix>:sh:<partition> (redis_snapshots.py)"
 
 

@@ -352,7 +352,9 @@ def test_a_sweep_keeps_the_chunks_a_partial_exec_switched_in(store, monkeypatch)
     (0, 1, "no value of 0 bytes is in chunks"),
     # far longer than 3 chunks hold: a read of all 3 (one GET each) found it only after
     (3 * MOST + 1, 3, "a value of 201326593 bytes is in 4 to 201327 chunks"),
-    (1 << 62, 3, f"in {(1 << 62) // MOST} to "),
+    (1 << 40, 3, f"in {(1 << 40) // MOST} to "),
+    # chunks its length takes, but past any save: a reader listed 2^40 chunks' names for the DEL
+    ((1 << 40) + 1, ((1 << 40) + 1) // LEAST + 1, "is past any save's (1099511627776)"),
     (3 * MOST, 3, "hold 1572864 bytes that do not match its header's length")])  # sound
 def test_a_header_naming_chunks_no_chunk_size_cuts_its_length_in_is_damaged(store, length,
                                                                             count, said):
