@@ -2,11 +2,11 @@
 requests against, the caller's deadline, and the bound on its work in flight.
 
 A runtime call runs within the caller's deadline less a margin (kept back to answer in time,
-a fallback decision included) and counts as in flight while it runs, in all and as its API
-key's. `InflightLimit` refuses new calls with RESOURCE_EXHAUSTED before their handlers run:
-past GATEWAY_INFLIGHT_LIMIT, past what a key may hold of it (inflight.py), and the share
-the gateway sheds when its calls queue (admission.py). `abort` maps the runtime's errors to
-status codes.
+a fallback decision included) and counts as in flight, in all and as its API key's: from the
+admission of its call until that ends (HELD), else while it runs. `InflightLimit` refuses new
+calls with RESOURCE_EXHAUSTED before their requests are parsed: past GATEWAY_INFLIGHT_LIMIT,
+past what a key may hold of it (inflight.py), and the share the gateway sheds when its calls
+queue (admission.py). `abort` maps the runtime's errors to status codes.
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ from kairos.core.errors import InputError
 
 from kairos.cluster.gateway.admission import Shedder
 from kairos.cluster.gateway.auth import Denied, refusal
-from kairos.cluster.gateway.inflight import Inflight, key_label
+from kairos.cluster.gateway.inflight import Inflight, held, key_label
+from kairos.cluster.gateway.parsing import Wrappers
 from kairos.cluster.gateway.requests import Who, view
 from kairos.cluster.gateway.streambounds import Open
 from kairos.cluster.gateway.streams import WATCH_AGAIN, Ended, Watch, Watches
@@ -80,6 +81,13 @@ FORGOTTEN_IN_CALL = ("an event's customer is being forgotten: that event was not
 # a shard's refusal meant for callers (README, Corruption), without the damage's detail; the
 # others, BEING_FORGOTTEN (protocol.py) and FORGOTTEN_IN_CALL, are passed on as they are
 DAMAGED = re.compile(r"this customer's stored profile \(partition \d+\) is damaged")
+# The DecisionService calls each counted in flight as one call from their admission until
+# they end (`InflightLimit._holding`): the unary ones whose runtime calls go through `call`.
+# The others count their own way: IngestStream and IngestBatch each event, from its check
+# (ingesting.py); WatchDecisions only its alias's resolution (`within`: a watch may last for
+# hours), GetRoutes nothing.
+HELD = frozenset(f"/kairos.v1.DecisionService/{method}" for method in (
+    "Decide", "Ingest", "Respond", "GetProfile", "LinkIdentity", "ForgetCustomer"))
 T = TypeVar("T")
 log = logging.getLogger("kairos.gateway")
 
@@ -292,13 +300,18 @@ class Gateway(Inflight):
             await abort(context, exc)
 
     async def within(self, work: Awaitable, timeout_s: float) -> Any:
-        key = key_label()
-        self.count(key)
+        """`work`, a runtime call, within `timeout_s`; counted in flight while it runs, unless
+        its call counts already (from its admission: `Inflight.hold`)."""
+        counted = not held()
+        if counted:
+            key = key_label()
+            self.count(key)
         try:
             async with asyncio.timeout(timeout_s):
                 return await work
         finally:
-            self.uncount(key)
+            if counted:
+                self.uncount(key)
 
     async def as_customer(self, who: Who, call: Callable[[str], Awaitable]) -> Any:
         """`call(customer_id)` for the customer a request names, its alias resolved."""
@@ -307,24 +320,29 @@ class Gateway(Inflight):
             customer_id = await self.client.resolve_key(who.alias_key)
         return await call(customer_id)
 
-    def admit(self) -> None:
-        """Raise Busy for a new call the gateway sheds, or one past its in-flight limit."""
-        self.check_capacity()
+    def admit(self) -> str | None:
+        """Raise Busy for a new call the gateway sheds, or one past its in-flight limit or
+        its key's share; else the key its calls count as (`check_capacity`)."""
+        key = self.check_capacity()
         if not self.shedder.admits():
             raise Busy(f"gateway {self.name} is overloaded: its event loop is "
                        f"{self.shedder.delay_s * 1e3:.0f} ms late and wants a CPU "
                        f"{self.shedder.busy:.0%} of the time; it refuses "
                        f"{self.shedder.shed_share:.0%} of new calls")
+        return key
 
 
 class InflightLimit(grpc.aio.ServerInterceptor):
     """Refuses DecisionService calls with RESOURCE_EXHAUSTED while the gateway is at its
     limit, or sheds them; with UNAVAILABLE (try again) while it has no map to route them by
-    yet. AdminService calls go through: an operator must be able to read the status of, and
-    scale, a saturated cluster (they need the admin scope, and are few)."""
+    yet. AdminService calls go through, uncounted: an operator must be able to read the
+    status of, and scale, a saturated cluster (they need the admin scope, and are few). The
+    HELD calls are admitted as their handlers start (`_holding`), their request read but not
+    parsed, as a refusal's would be."""
 
     def __init__(self, gateway: Gateway):
         self.gateway = gateway
+        self._wrappers = Wrappers(self._holding)
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
@@ -334,11 +352,35 @@ class InflightLimit(grpc.aio.ServerInterceptor):
             return refusal(handler, grpc.StatusCode.UNAVAILABLE,
                            f"gateway {self.gateway.name} has no partition map yet (the "
                            f"cluster is starting): try again")
+        if details.method in HELD:
+            return self._wrappers.of(handler, details.method)
         try:
             self.gateway.admit()
         except Busy as exc:
             return refusal(handler, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         return handler
+
+    def _holding(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """`handler`, a unary call's, admitted as it starts and counted in flight from there
+        until it ends however it ends (answered, refused, aborted, cancelled, past its
+        deadline), checked and counted with no await between (`Inflight.hold`). A call
+        that ends before its request is read never starts: never counted, nothing to give
+        back."""
+        behavior = handler.unary_unary
+
+        async def admitted(request: bytes, context) -> Any:
+            try:
+                key = self.gateway.admit()
+            except Busy as exc:
+                await fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            self.gateway.hold(key)
+            try:
+                return await behavior(request, context)
+            finally:
+                self.gateway.uncount(key)
+        return grpc.unary_unary_rpc_method_handler(
+            admitted, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
 
 
 def _view_left(catalog: CompiledCatalog, watch: Watch) -> str | None:

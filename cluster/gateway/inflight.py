@@ -2,16 +2,24 @@
 
 Past GATEWAY_INFLIGHT_LIMIT no call is admitted; past GATEWAY_KEY_SHARE_FROM of it (`fair`), a
 key only up to what it may hold (`Inflight.check_capacity`), so that one key's flood, or
-several keys', leaves every other key some room.
+several keys', leaves every other key some room. A call admitted counts from its check on,
+no await between (`reserve`, `hold`), not from its runtime call: its handler may await before
+that (the compile of the catalog its request is checked against), and a burst of one key's
+calls all admitted before any was counted all got in, past the key's share and the limit.
 """
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+import contextvars
+from typing import Callable, Coroutine
 
 from kairos.cluster.gateway.auth import Denied, caller
 from kairos.cluster.settings import GATEWAY_KEY_FLOOR, GATEWAY_KEY_SHARE_FROM, key_floor_most
 from kairos.cluster.transport.client import Busy
+
+# Whether the current call is counted in flight already (`hold`, `counted_task`): its runtime
+# work then counts nothing more (`held`). Each call runs in a task (and context) of its own.
+_held: contextvars.ContextVar[bool] = contextvars.ContextVar("kairos_held", default=False)
 
 
 class Inflight:
@@ -40,22 +48,48 @@ class Inflight:
             else:  # (none counted at all for an empty batch)
                 self.inflight_of.pop(key, None)
 
-    def count_until_answered(self, reply: asyncio.Future) -> None:
-        """The runtime call of `reply` counts in flight, as the caller's, until its shard
-        answers (or it is given up), whether or not its caller has read it yet."""
-        key = key_label()
-        self.count(key)
-        reply.add_done_callback(lambda _: self.uncount(key))
+    def reserve(self, adding: int = 1) -> str | None:
+        """`adding` more calls of the caller's key counted in flight, if `check_capacity`
+        admits them (Busy otherwise): checked and counted with no await between, so that the
+        next check sees them. The key they count as, for the one `uncount` they need."""
+        key = self.check_capacity(adding)
+        self.count(key, adding)
+        return key
 
-    def check_capacity(self, adding: int = 1) -> None:
+    def hold(self, key: str | None) -> None:
+        """The current call, just admitted (`check_capacity`, no await since), counts in
+        flight as `key`'s, until its caller's `uncount` once it ends; its runtime work counts
+        nothing more (`held`)."""
+        self.count(key)
+        _held.set(True)
+
+    def counted_task(self, work: Coroutine, key: str | None) -> asyncio.Task:
+        """A task of `work`, a call that `reserve` counted as `key`'s: uncounted once the task
+        ends (cancelled before it ran included), its runtime work counting nothing more."""
+        context = contextvars.copy_context()
+        context.run(_held.set, True)
+        task = asyncio.get_running_loop().create_task(work, context=context)
+        self.until_done(task, key)
+        return task
+
+    def until_done(self, done: asyncio.Future, key: str | None) -> None:
+        """A call that `reserve` counted as `key`'s counts until `done` is: a stream event's
+        reply until its shard answers (or it is given up), whether or not its caller has read
+        it yet."""
+        done.add_done_callback(lambda _: self.uncount(key))
+
+    def check_capacity(self, adding: int = 1) -> str | None:
         """Busy if `adding` more calls of the caller's key would take the gateway past
         GATEWAY_INFLIGHT_LIMIT in flight, or, past GATEWAY_KEY_SHARE_FROM of it (`fair`), the
         key past what it may hold (`key_label`): in the last eighth of the room past the kept
         line (half way from `fair` to the limit), one call while it holds none; below that,
         up to the floor, always; below the kept line, its share (the kept line split among
-        the keys in flight, at least the floor), or one batch while it holds none."""
-        if (refused := self._refusal(key_label(), adding)) is not None:
+        the keys in flight, at least the floor), or one batch while it holds none. The key
+        admitted calls count as (`key_label`)."""
+        key = key_label()
+        if (refused := self._refusal(key, adding)) is not None:
             raise refused
+        return key
 
     def _refusal(self, key: str | None, adding: int) -> Busy | None:
         """`check_capacity`'s refusal of `adding` more calls of `key`, None if admitted."""
@@ -98,6 +132,12 @@ class Inflight:
                     f"key '{key}'" + (f", and {adding} more would exceed what it may hold" if
                                       adding > 1 else "") + f": past {fair} in flight "
                     f"(KAIROS_GATEWAY_KEY_SHARE_FROM of the limit), {why}")
+
+
+def held() -> bool:
+    """Whether the current call counts in flight already, from its admission until it ends
+    (`Inflight.hold`, `Inflight.counted_task`): its runtime work is not counted again."""
+    return _held.get()
 
 
 def key_label() -> str | None:

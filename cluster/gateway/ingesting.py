@@ -17,7 +17,6 @@ from kairos.cluster.gateway import requests, wire
 from kairos.cluster.gateway.auth import Denied, caller, check_channel, require_scope
 from kairos.cluster.gateway.bounds import host_of
 from kairos.cluster.gateway.calls import FORGOTTEN_IN_CALL, abort
-from kairos.cluster.gateway.inflight import key_label
 from kairos.cluster.gateway.streambounds import IdleLimit, WaitLimit
 from kairos.cluster.settings import INGEST_STREAM_IDLE_S, INGEST_STREAM_STALL_S, STREAM_WINDOW
 from kairos.cluster.transport.backend import NotCarried, NotSent, Unavailable
@@ -113,12 +112,13 @@ class Ingesting:
         """Events go out as they arrive, in the order they were sent; each ack goes back as
         soon as it and every earlier one are done, in order. At most STREAM_WINDOW events wait
         for their acks: past that, reading pauses (gRPC flow control pushes back on the
-        sender). An event counts in the gateway's calls in flight until its shard answers, not
-        until its ack is read: a caller that reads slowly holds its window, not the gateway's
-        limit. The first failing event ends the stream with its status; earlier ones were
-        acked. Each event's ack is due within the deadline left when it was read: the
-        caller's, or DEFAULT_DEADLINE_S for a stream without one, which lasts for as long as
-        its caller keeps it open. Events named by customer id are routed as they are read,
+        sender). An event counts in the gateway's calls in flight from its admission (its room
+        checked, before its catalog check, which may wait) until its shard answers, not until
+        its ack is read: a caller that reads slowly holds its window, not the gateway's limit.
+        The first failing event ends the stream with its status; earlier ones were acked.
+        Each event's ack is due within the deadline left when it was read: the caller's, or
+        DEFAULT_DEADLINE_S for a stream without one, which lasts for as long as its caller
+        keeps it open. Events named by customer id are routed as they are read,
         without a task of their own; an event by alias first resolves the alias, and while it
         does, the events read after it wait for it to be routed (an alias may name the
         customer a later event names by id). Once the stream ends, what of it is not sent yet
@@ -200,11 +200,7 @@ class Ingesting:
                 n += 1
                 try:
                     check_event(event)
-                    self.gateway.check_capacity()
-                    checked = await self.gateway.checked(
-                        lambda catalog: requests.event_request(event, catalog, where),
-                        self.gateway.timeout(context))
-                    item = self._route(event, checked, where, context, latest, call)
+                    item = await self._checked_event(event, where, context, latest, call)
                 except Exception as exc:
                     await last(exc)
                     return
@@ -224,21 +220,37 @@ class Ingesting:
             idle.close()
         await last(None)
 
+    async def _checked_event(self, event: pb.Event, where: str, context,
+                             last: asyncio.Future | None, call: Call) -> _Pending:
+        """A stream's event checked (`Gateway.checked`) and routed (`_route`), counted in
+        flight from before its check (`Gateway.reserve`), which may wait for a catalog."""
+        key = self.gateway.reserve()
+        try:
+            checked = await self.gateway.checked(
+                lambda catalog: requests.event_request(event, catalog, where),
+                self.gateway.timeout(context))
+            return self._route(event, checked, where, context, last, call, key)
+        except BaseException:  # not routed (cancelled included): its count goes
+            self.gateway.uncount(key)
+            raise
+
     def _route(self, event: pb.Event, checked: tuple[requests.Who, protocol.Event], where: str,
-               context, last: asyncio.Future | None, call: Call) -> _Pending:
+               context, last: asyncio.Future | None, call: Call, key: str | None) -> _Pending:
         """Send a checked event on its way: now, when it names its customer and every event
         before it was routed (`last`, the `sent` of the latest one routed by a task, is done
-        and True); else by a task, behind that one. `_ack` waits for its ack."""
+        and True); else by a task, behind that one. `_ack` waits for its ack. Counted in
+        flight as `key`'s already (`Gateway.reserve`), it counts until its shard answers,
+        read or not, or until its task ends."""
         who, request = checked
         if who.alias_key is not None or not (last is None or (last.done() and last.result())):
             sent = asyncio.get_running_loop().create_future()
-            return _Pending(event, where, task=asyncio.ensure_future(self._ingest(
-                event, checked, where, self.gateway.timeout(context), last, sent, call)),
+            return _Pending(event, where, task=self.gateway.counted_task(self._ingest(
+                event, checked, where, self.gateway.timeout(context), last, sent, call), key),
                 sent=sent)
+        due = asyncio.get_running_loop().time() + self.gateway.timeout(context)
         reply = self.client.enqueue(request, call)
-        self.gateway.count_until_answered(reply)  # read or not
-        return _Pending(event, where, request, reply,
-                        asyncio.get_running_loop().time() + self.gateway.timeout(context))
+        self.gateway.until_done(reply, key)  # nothing raises after: `_checked_event`
+        return _Pending(event, where, request, reply, due)
 
     async def _ack(self, item: _Pending | Exception) -> pb.IngestAck:
         if isinstance(item, Exception):
@@ -276,11 +288,10 @@ class Ingesting:
             if any(event.decide_placement for event in request.events):
                 require_scope("decide", DECIDING)
             checked = await self._checked(request.events, context)
-            self.gateway.check_capacity(len(checked))  # all or none: each event is a call
+            # all or none: each event is a call, counted until it answers, however it ends
+            key = self.gateway.reserve(len(checked))
         except (Denied, InputError, Busy, TimeoutError) as exc:
             await abort(context, exc)
-        key = key_label()
-        self.gateway.count(key, len(checked))  # until it answers, however it ends
         call = Call()
         try:
             async with asyncio.timeout(self.gateway.timeout(context)):
