@@ -50,8 +50,14 @@ def admin() -> AdminService:
                                         node=None))
 
 
+# what a hang would come to: a call that compiles a catalog first waits for a process that
+# takes 0.55 s on an idle box, 2.2 s beside four CPU hogs, and over 10 s on a starved one (the
+# precondition test of test_catalog_retries ran past the 5 s this was)
+ANSWER_S = 30.0
+
+
 async def answer(call) -> Aborted:
-    async with asyncio.timeout(5):  # what a hang would come to
+    async with asyncio.timeout(ANSWER_S):
         with pytest.raises(Aborted) as aborted:
             await call
     return aborted.value
