@@ -115,6 +115,20 @@ def _tasks(gateway) -> int:
     return gateway.run(tasks())
 
 
+def _read_to_its_end(stream, setting: str, sent: int) -> tuple[list, grpc.RpcError]:
+    """Reads an ended stream of the events _event(sent, n): the acks the gateway wrote, each
+    in the order sent, then RESOURCE_EXHAUSTED naming `setting`. The acks and the error."""
+    acks = []
+    with pytest.raises(grpc.RpcError) as ended:
+        for ack in stream:
+            acks.append(ack)
+    assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert setting in ended.value.details()
+    assert [ack.event_id for ack in acks] == [
+        _event(sent, n).event_id for n in range(len(acks))]
+    return acks, ended.value
+
+
 def test_a_stream_whose_acks_go_unread_ends_and_frees_what_it_held(monkeypatch):
     """Past INGEST_STREAM_STALL_S with its window unacked, a stream ends: its calls are freed
     while its caller still reads nothing, its place once the caller reads its status; reading,
@@ -126,16 +140,9 @@ def test_a_stream_whose_acks_go_unread_ends_and_frees_what_it_held(monkeypatch):
             wait_until(lambda: _ending(gateway), 30, "the stalled stream ended")
             wait_until(lambda: gateway.gateway.inflight == 0, 10, "its calls released")
             assert gateway.gateway.ingest_streams.open == 1  # 9fed142: 0, its status unsent
-            acks = []
-            with pytest.raises(grpc.RpcError) as ended:
-                for ack in stalled:
-                    acks.append(ack)
+            acks, ended = _read_to_its_end(stalled, "KAIROS_INGEST_STREAM_STALL_S", 0)
             wait_until(lambda: not gateway.gateway.ingest_streams.open, 10, "its place freed")
-        assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "KAIROS_INGEST_STREAM_STALL_S" in ended.value.details()
-        assert "read no ack" in ended.value.details()
-        assert [ack.event_id for ack in acks] == [
-            _event(0, n).event_id for n in range(len(acks))]
+        assert "read no ack" in ended.details()
         assert len(acks) > 100  # what its caller's window held
         again = DecisionServiceStub(channel).IngestStream(
             iter([_event(0, 0), _event(0, len(acks) - 1)]), timeout=30)
@@ -223,16 +230,9 @@ def test_a_caller_that_neither_sends_nor_reads_is_ended_after_the_idle_time(monk
             stream = DecisionServiceStub(held).IngestStream(sent_then_hung())
             try:
                 wait_until(lambda: _ending(gateway), 30, "the hung caller's stream ended")
-                acks = []
-                with pytest.raises(grpc.RpcError) as ended:
-                    for ack in stream:
-                        acks.append(ack)
+                _read_to_its_end(stream, "KAIROS_INGEST_STREAM_IDLE_S", 0)
             finally:
                 hung.set()
-        assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "KAIROS_INGEST_STREAM_IDLE_S" in ended.value.details()
-        assert [ack.event_id for ack in acks] == [
-            _event(0, n).event_id for n in range(len(acks))]
 
 
 def test_a_caller_that_half_closes_with_its_window_unacked_is_ended_after_the_stall_time(
@@ -261,13 +261,6 @@ def test_a_caller_that_half_closes_with_its_window_unacked_is_ended_after_the_st
                            "every event of the half-closed stream read")
                 wait_until(lambda: _ending(gateway), 30,  # main: after the 600 s idle time
                            "the half-closed stream with its window unacked ended")
-                acks = []
-                with pytest.raises(grpc.RpcError) as ended:
-                    for ack in stream:
-                        acks.append(ack)
+                _read_to_its_end(stream, "KAIROS_INGEST_STREAM_STALL_S", 1)
             finally:
                 stream.cancel()
-        assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "KAIROS_INGEST_STREAM_STALL_S" in ended.value.details()
-        assert [ack.event_id for ack in acks] == [
-            _event(1, n).event_id for n in range(len(acks))]
