@@ -6,7 +6,6 @@ accept must not wait for the compile; a refused one waits for it only within its
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import grpc
 import pytest
@@ -16,10 +15,10 @@ from kairos.cluster.gateway.calls import Gateway
 from kairos.cluster.gateway.decisions import DecisionService
 from kairos.cluster.transport.client import KairosClient
 from kairos.core.catalog import default_catalog_text
-from kairos.core.compiler import compiled_from_text
 from kairos.core.errors import InputError
 from kairos.v1 import decision_pb2 as pb
 
+from tests.support.held_compile import HeldCompile
 from tests.support.local_backend import LocalBackend
 from tests.support.waiting import until
 
@@ -39,12 +38,7 @@ def test_a_refusal_by_the_previous_catalog_is_checked_again_against_the_new_one(
     """With the switch seen in the routing table, the gateway compiles the new catalog in the
     background; before it is seen (the shards switch before the map is published), a refusal
     asks the controller."""
-    entered, release = threading.Event(), threading.Event()
-
-    def held_compile(text: str):
-        entered.set()
-        release.wait(60)
-        return compiled_from_text(text)
+    held_compile = HeldCompile()
 
     async def main():
         backend = LocalBackend()
@@ -66,9 +60,9 @@ def test_a_refusal_by_the_previous_catalog_is_checked_again_against_the_new_one(
         refused_before = asyncio.ensure_future(gateway.checked(
             lambda c: requests.outcome_request(respond("launch"), c), 30))
         # the compile of the new one started, and is held
-        assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 30)
+        assert await asyncio.get_running_loop().run_in_executor(None, held_compile.entered.wait, 30)
         assert not refused_before.done()  # waits for the new catalog instead of refusing
-        release.set()
+        held_compile.release.set()
         assert (await asyncio.wait_for(refused_before, 30)).action_id == "launch"
         assert (await gateway.catalog()).version == version
         # refused by the new catalog too: the refusal stands
@@ -82,11 +76,7 @@ def test_a_refused_request_waits_for_the_new_catalog_only_within_its_deadline(mo
     """The wait for the new catalog (a controller call, then a compile) was not bounded by
     the caller's deadline: the handler answered only once the compile ended. Past the
     deadline the request is not refused (it may be valid), but DEADLINE_EXCEEDED."""
-    release = threading.Event()
-
-    def held_compile(text: str):
-        release.wait(60)
-        return compiled_from_text(text)
+    held_compile = HeldCompile()
 
     class Context:
         def time_remaining(self) -> float:
@@ -114,6 +104,6 @@ def test_a_refused_request_waits_for_the_new_catalog_only_within_its_deadline(mo
                 await asyncio.wait_for(DecisionService(gateway).Respond(respond("launch"),
                                                                          Context()), 5)
         finally:
-            release.set()
+            held_compile.release.set()
         await gateway.close()
     asyncio.run(main())

@@ -5,7 +5,6 @@ DENIED, `requests.check_sender`), is checked again against the new one, as an In
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import pytest
 
@@ -14,9 +13,9 @@ from kairos.cluster.gateway.auth import ApiKey, Denied
 from kairos.cluster.gateway.calls import Gateway
 from kairos.cluster.transport.client import KairosClient
 from kairos.core.catalog import default_catalog_text
-from kairos.core.compiler import compiled_from_text
 from kairos.v1 import decision_pb2 as pb
 
+from tests.support.held_compile import HeldCompile
 from tests.support.local_backend import LocalBackend
 from tests.support.waiting import until
 
@@ -37,12 +36,7 @@ def test_a_bound_keys_event_refused_by_the_previous_catalog_is_checked_against_t
     that lets the web send it: the web key's event waits for the new catalog (main: refused
     PERMISSION_DENIED at once), and a key whose channel the new one leaves out is refused."""
     assert SENDERS in default_catalog_text()
-    entered, release = threading.Event(), threading.Event()
-
-    def held_compile(text: str):
-        entered.set()
-        release.wait(60)
-        return compiled_from_text(text)
+    held_compile = HeldCompile()
 
     async def main():
         backend = LocalBackend()
@@ -68,9 +62,9 @@ def test_a_bound_keys_event_refused_by_the_previous_catalog_is_checked_against_t
                         "the client to see the switch")
         refused_before = asyncio.ensure_future(gateway.checked(
             lambda c: requests.event_request(profile_updated("web"), c), 30))
-        assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 30)
+        assert await asyncio.get_running_loop().run_in_executor(None, held_compile.entered.wait, 30)
         assert not refused_before.done()  # waits for the new catalog instead of refusing
-        release.set()
+        held_compile.release.set()
         _, event = await asyncio.wait_for(refused_before, 30)
         assert event.event_type == "profile_updated"
         assert (await gateway.catalog()).version == version
