@@ -149,8 +149,11 @@ class Denied(Exception):
 @dataclass(frozen=True)
 class ApiKey:
     """A configured key; `label`, set by `Auth`, is what its calls in flight count as
-    (`inflight.key_label`): unique among the gateway's keys (names need not be), a string (its
-    hash is cached), and None for a gateway's one key, which has the whole limit."""
+    (`inflight.key_label`): one per key, unique among the gateway's keys (names need not be),
+    a string (its hash is cached), and None for a gateway's one key, which has the whole
+    limit. The entries of one name and the same grants (scopes and channel: the old and new
+    secrets of a key being rotated) are one key, of one label, and hold one share; entries of
+    one name that grant otherwise are keys of their own."""
 
     name: str
     scopes: frozenset[str]
@@ -205,24 +208,29 @@ def _check_secret(secret: object, where: str) -> None:
                          f"digits); {MAKE_KEY}")
 
 
-def _labels(names: list[str]) -> list[str | None]:
-    """Each key's `ApiKey.label`, of `names` in the file's order: its name, suffixed by its
-    place where names repeat (two secrets of one name, or an unnamed "key 1" and one so
-    named); by its place, all of them, should a name read as another's suffixed label (each
-    then ends with an index of its own); None for a lone key."""
-    if len(names) < 2:
-        return [None] * len(names)
-    repeated = Counter(names)
-    labels = [name if repeated[name] == 1 else f"{name} (keys[{i}])"
-              for i, name in enumerate(names)]
-    if len(set(labels)) < len(labels):
-        labels = [f"{name} (keys[{i}])" for i, name in enumerate(names)]
-    return labels
+def _labels(keys: list[ApiKey]) -> list[str | None]:
+    """Each entry's `ApiKey.label`, of `keys` in the file's order. Entries equal but for their
+    secret (one name, the same grants: the old and new secrets of a key being rotated) are one
+    key, of one label: its name, suffixed by the place of its first entry where keys of one
+    name grant otherwise (another channel or other scopes, or an unnamed "key 1" and one so
+    named); by that place, all of them, should a name read as another's suffixed label (each
+    then ends with an index of its own); None for a gateway of one key."""
+    first: dict[ApiKey, int] = {}  # each key (its label aside), by its first entry's place
+    for i, key in enumerate(keys):
+        first.setdefault(replace(key, label=None), i)
+    if len(first) < 2:
+        return [None] * len(keys)
+    repeated = Counter(key.name for key in first)
+    labels = {key: key.name if repeated[key.name] == 1 else f"{key.name} (keys[{i}])"
+              for key, i in first.items()}
+    if len(set(labels.values())) < len(labels):
+        labels = {key: f"{key.name} (keys[{i}])" for key, i in first.items()}
+    return [labels[replace(key, label=None)] for key in keys]
 
 
 class Auth:
     def __init__(self, keys: dict[str, ApiKey]):
-        labels = _labels([key.name for key in keys.values()])
+        labels = _labels(list(keys.values()))
         self._keys = [(secret.encode(), replace(key, label=label))
                       for (secret, key), label in zip(keys.items(), labels)]
 

@@ -276,16 +276,17 @@ def test_a_gateway_without_keys_or_with_one_has_no_shares(limited, keys, metadat
 
 
 def test_keys_of_one_name_are_counted_apart(limited):
-    """Names may repeat (two secrets of one name; "key 2", unnamed, beside a key so named):
-    each key counts apart, by a label of its own, in calls in flight and as a stream's
-    caller (Open counts `ApiKey`s). The second "web", holding nothing, gets a batch of 3 in
-    beside the first's 30 (counted as one, by name: refused, past the first's share); the
-    first, one of 2 keys now, is past its share, 17."""
+    """Names may repeat with other grants (a key of one name for another channel; "key 2",
+    unnamed, beside a key so named with other scopes): each key counts apart, by a label of
+    its own, in calls in flight and as a stream's caller (Open counts `ApiKey`s). The second
+    "web", holding nothing, gets a batch of 3 in beside the first's 30 (counted as one, by
+    name: refused, past the first's share); the first, one of 2 keys now, is past its share,
+    17. (Entries of one name and the same grants are one key: test_key_share_rotation.)"""
     text = """keys:
   - {key: 'web-ingest-decide-0123456789', name: web, scopes: [ingest]}
-  - {key: 'web-ingest-decide-9876543210', name: web, scopes: [ingest]}
+  - {key: 'web-ingest-decide-9876543210', name: web, channel: web, scopes: [ingest]}
   - {key: 'unnamed-ingest-0123456789ab', scopes: [ingest]}
-  - {key: 'key2-ingest-decide-01234567', name: key 2, scopes: [ingest]}
+  - {key: 'key2-ingest-decide-01234567', name: key 2, scopes: [ingest, decide]}
 """
     keys = _keys(text)
     assert list(keys) == ["web (keys[0])", "web (keys[1])", "key 2 (keys[2])",
@@ -413,7 +414,7 @@ def test_a_keys_stream_refusal_names_its_label():
     past INGEST_STREAMS_PER_KEY named "web", either of them; it names its label."""
     keys = _keys("""keys:
   - {key: 'web-ingest-decide-0123456789', name: web, scopes: [ingest]}
-  - {key: 'web-ingest-decide-9876543210', name: web, scopes: [ingest]}
+  - {key: 'web-ingest-decide-9876543210', name: web, channel: web, scopes: [ingest]}
 """)
     streams = Open("ingest", "INGEST_STREAMS", lambda: (10, 1, 10))
     streams.admit(keys["web (keys[0])"], "10.0.0.1")
