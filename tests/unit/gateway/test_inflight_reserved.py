@@ -2,10 +2,11 @@
 and the count it is checked against were apart, the count taken only once the handler had
 awaited its request's checks (a catalog compile, for a request made for the catalog the
 cluster switched to), so a burst of one key's calls all admitted before any was counted all
-got in, past the key's share (and past the limit, a burst larger than it). Over real gRPC on 127.0.0.1 and the
-in-process backend, its shard held stuck, at the limit of 40 of test_inflight_fair_share (the
-kept line 35). And every way such a call ends gives its count back, once: a count left behind
-refuses the key's later calls for good (issue 18, finding 12)."""
+got in, past the key's share (and past the limit, a burst larger than it). Over real gRPC on
+127.0.0.1 and the in-process backend, its shard held stuck, at the limit of 40 of
+test_inflight_fair_share (the kept line 35). And every way such a call ends gives its count
+back, once: a count left behind refuses the key's later calls for good (issue 18, finding
+12)."""
 from __future__ import annotations
 
 import threading
@@ -17,10 +18,10 @@ import pytest
 from kairos.cluster.gateway import calls, requests
 from kairos.cluster.gateway.admission import Shedder
 from kairos.core.catalog import default_catalog_text
-from kairos.core.compiler import compiled_from_text
 from kairos.core.errors import InputError
 from kairos.v1 import decision_pb2 as pb
 
+from tests.support.held_compile import HeldCompile
 from tests.support.waiting import wait_until
 from tests.unit.gateway.test_catalog_switch import LAUNCH
 from tests.unit.gateway.test_inflight_fair_share import LIMIT, WEB, Rig, refused
@@ -37,19 +38,15 @@ NEW_CATALOG = default_catalog_text().replace("version: ", "version: launch-", 1)
 
 class Switching(Rig):
     """A Rig whose cluster switched to NEW_CATALOG, which the gateway compiles only once
-    `compiled` is set: a request made for it (a Respond naming `launch`, an event `launched`),
+    `compile` is released: a request made for it (a Respond naming `launch`, an event `launched`),
     refused by the catalog the gateway has, waits for it (`Gateway.checked`); `waiting`
     counts such refusals."""
 
     def __init__(self, monkeypatch) -> None:
         super().__init__(KEYS)
-        self.compiled = threading.Event()
+        self.compile = HeldCompile()
         self.waiting = 0
         self.kept_open: list[threading.Event] = []  # streams' senders, until the rig closes
-
-        def held_compile(text: str):
-            self.compiled.wait(60)
-            return compiled_from_text(text)
 
         def counting(check: Callable) -> Callable:
             def checked(*args, **kwargs):
@@ -60,7 +57,7 @@ class Switching(Rig):
                     raise
             return checked
 
-        monkeypatch.setattr(calls, "compiled_from_text", held_compile)
+        monkeypatch.setattr(calls, "compiled_from_text", self.compile)
         for name in ("outcome_request", "event_request"):
             monkeypatch.setattr(requests, name, counting(getattr(requests, name)))
         self.gateway.run(self.backend.controller().put_catalog(NEW_CATALOG))
@@ -78,7 +75,7 @@ class Switching(Rig):
                                        metadata=WEB, timeout=timeout_s)
 
     def close(self) -> None:
-        self.compiled.set()
+        self.compile.release.set()
         for sender in self.kept_open:
             sender.set()
         super().close()
@@ -104,7 +101,7 @@ def test_a_burst_of_a_keys_calls_admitted_before_any_ran_stops_at_its_share(swit
         return sum(call.done() for call in burst)
     wait_until(lambda: ended() + switching.waiting == LIMIT, 20,
                "every Respond refused or waiting for the new catalog")
-    switching.compiled.set()
+    switching.compile.release.set()
     wait_until(lambda: switching.held()[0] + ended() == LIMIT, 20,
                "every Respond refused or in flight")
     assert switching.held() == (35, {"web": 35})
@@ -166,7 +163,7 @@ ENDINGS = {
     "cancelled waiting for the catalog": (lambda rig: rig.respond("launch"), 1, "cancel"),
     "an Ingest by alias, cancelled": (lambda rig: rig.stub.Ingest.future(
         _by_alias("a1"), metadata=WEB, timeout=60), 1, "cancel"),
-    "a stream's event refused by its check": (lambda rig: (rig.compiled.set(), _stream(
+    "a stream's event refused by its check": (lambda rig: (rig.compile.release.set(), _stream(
         rig, [_by_id("e1", "no_such_type")]))[1], 0, "INVALID_ARGUMENT"),
     "a stream's events, by id, by alias and waiting for the catalog, cancelled": (
         lambda rig: _stream(rig, [_by_id("e1"), _by_alias("e2"), _by_id("e3", "launched")]),
