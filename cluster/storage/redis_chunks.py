@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 from typing import Iterator, NamedTuple
 
@@ -53,6 +54,7 @@ from kairos.cluster.storage import redis_replicas
 from kairos.cluster.storage.redis_errors import ERRORS, ReplicasBehind
 from kairos.cluster.storage.store import StoreCorrupt, StoreUnavailable
 
+log = logging.getLogger("kairos.store")
 CHUNK_BYTES = 4 << 20  # one SET each: far below the value limit, sent well within a timeout
 # Up to this a value stays one key, so an older Kairos (one SET, one GET) still reads what this
 # one saved. A margin below a replica's default output buffer hard limit (client-output-buffer-
@@ -67,8 +69,10 @@ READ_BYTES = 16 << 20  # chunks' GETs sent together, as redis_store.py's PIPELIN
 # chunks no size between cuts its length in is damaged
 LEAST_CHUNK_BYTES, MOST_CHUNK_BYTES = REDIS_CHUNK_LEAST, REDIS_CHUNK_MOST
 # far past any value a save writes (a partition's snapshot, held in memory): it caps the chunk
-# names a damaged header has a reader list (a million at the least chunk) to name its DEL
-MOST_VALUE_BYTES = 1 << 40
+# names a damaged header or pending member has a reader or a sweep list, and a save's DEL of
+# them sends (65,536 at the least chunk; Redis 6.2 takes no command of over 2^20 arguments)
+MOST_VALUE_BYTES = 64 << 30
+MOST_CHUNKS = MOST_VALUE_BYTES // LEAST_CHUNK_BYTES
 STALE_S = 600.0  # a generation not written to for this long is a killed save's
 READ_TRIES = 3  # reads a chunk gone to a newer save starts over (then StoreUnavailable)
 # how a switch fails that may have landed (its reply lost; the replicas not holding it in time
@@ -310,8 +314,14 @@ def sweep(client: redis.Redis, value: Value, members: list[bytes]) -> None:
     for member, mark, seen in zip(members, alive, seen_all):
         if seen is not None:
             continue
-        generation, _, count = member.decode().partition(":")
-        chunks = _chunks(value, generation, int(count))
+        if (listed := _member(member)) is None:  # its chunks cannot be known: only unlisted
+            log.warning("%s: a pending generation %r is not one Kairos writes (<generation>:"
+                        "<chunks>, at most %d); unlisted, its chunks (if any) left",
+                        _named(value), member, MOST_CHUNKS)
+            client.zrem(value.key("p"), member)
+            continue
+        generation, count = listed
+        chunks = _chunks(value, generation, count)
         with client.pipeline(transaction=False) as pipe:  # still dead, and not the header's
             pipe.get(mark)
             pipe.get(value.key("h"))
@@ -347,16 +357,20 @@ def _unpacked(header: bytes) -> tuple[str, int, int, bytes] | None:
     return _parsed(header)[0]
 
 
+def _member(member: bytes) -> tuple[str, int] | None:
+    """A pending member's generation and chunk count (`stage` lists `<generation>:<chunks>`);
+    None for one Kairos did not write."""
+    generation, _, count = member.decode(errors="replace").partition(":")
+    return (generation, int(count)) if count.isdigit() and 0 < int(count) <= MOST_CHUNKS \
+        else None
+
+
 def _parsed(header: bytes) -> tuple[tuple[str, int, int, bytes] | None, str]:
     """`header`'s fields, or None and how it is damaged: checked before any chunk is read, so
     a length its chunks cannot hold is not found after reading them all (one GET each: a read
     sends READ_BYTES' worth of chunks by the length), nor a count that is no chunk size's
     listed as that many chunks' names."""
-    try:
-        fields = tuple(msgpack.unpackb(header))
-    except (ValueError, TypeError):  # msgpack's errors are ValueErrors; a scalar: TypeError
-        fields = ()
-    if len(fields) != 4 or not all(map(isinstance, fields, (str, int, int, bytes))):
+    if (fields := _structure(header)) is None:
         return None, "not msgpack [generation, length, chunks, SHA-256]"
     length, count = fields[1:3]
     if length > MOST_VALUE_BYTES:
@@ -370,9 +384,22 @@ def _parsed(header: bytes) -> tuple[tuple[str, int, int, bytes] | None, str]:
                   f"{MOST_CHUNK_BYTES} bytes, all but the last")
 
 
+def _structure(header: bytes) -> tuple[str, int, int, bytes] | None:
+    """`header`'s fields if it is msgpack [generation, length, chunks, SHA-256], their bounds
+    unchecked (`_parsed`)."""
+    try:
+        fields = tuple(msgpack.unpackb(header))
+    except (ValueError, TypeError):  # msgpack's errors are ValueErrors; a scalar: TypeError
+        return None
+    return fields if len(fields) == 4 and all(map(
+        isinstance, fields, (str, int, int, bytes))) else None
+
+
 def _generation(header: bytes | None) -> str | None:
-    """The generation a header names; None for none, or a damaged one."""
-    fields = None if header is None else _unpacked(header)
+    """The generation a header names, None for none or one not msgpack [generation, ...]:
+    whatever its bounds say (a later writer's wider chunk bounds), a sweep or discard never
+    deletes the chunks of the generation a header names."""
+    fields = None if header is None else _structure(header)
     return None if fields is None else fields[0]
 
 

@@ -15,8 +15,9 @@ from kairos.cluster.storage import redis_chunks
 
 
 def leave_a_dead_save(save: Callable[[], object]) -> None:
-    """Run `save` of a value in chunks, failing after its first chunk (which it deletes) with
-    its generation's key expiring at once: a dead save, still listed."""
+    """Run `save` of a value in chunks, failing after its first chunk (left: the save's own
+    clean-up fails too, on the patched `_chunk`) with its generation's key expiring at once: a
+    dead save, still listed, its first chunk for a sweep to delete."""
     chunk = redis_chunks._chunk
 
     def first_only(value: redis_chunks.Value, generation: str, n: int) -> str:

@@ -352,9 +352,11 @@ def test_a_sweep_keeps_the_chunks_a_partial_exec_switched_in(store, monkeypatch)
     (0, 1, "no value of 0 bytes is in chunks"),
     # far longer than 3 chunks hold: a read of all 3 (one GET each) found it only after
     (3 * MOST + 1, 3, "a value of 201326593 bytes is in 4 to 201327 chunks"),
-    (1 << 40, 3, f"in {(1 << 40) // MOST} to "),
-    # chunks its length takes, but past any save: a reader listed 2^40 chunks' names for the DEL
-    ((1 << 40) + 1, ((1 << 40) + 1) // LEAST + 1, "is past any save's (1099511627776)"),
+    (redis_chunks.MOST_VALUE_BYTES, 3, f"in {redis_chunks.MOST_VALUE_BYTES // MOST} to "),
+    # as many chunks as its length takes, but past any save: a reader listed 68 million chunk
+    # names (at the test's LEAST) for the DEL it names
+    (redis_chunks.MOST_VALUE_BYTES + 1, redis_chunks.MOST_VALUE_BYTES // LEAST + 1,
+     f"is past any save's ({redis_chunks.MOST_VALUE_BYTES})"),
     (3 * MOST, 3, "hold 1572864 bytes that do not match its header's length")])  # sound
 def test_a_header_naming_chunks_no_chunk_size_cuts_its_length_in_is_damaged(store, length,
                                                                             count, said):
@@ -395,3 +397,30 @@ def test_a_switch_whose_reply_was_lost_then_overtaken_says_it_may_have_been(stor
 
 def test_metas_chunks_are_of_a_size_the_header_check_takes():
     assert redis_chunks.LEAST_CHUNK_BYTES <= redis_chunks.CHUNK_BYTES <= MOST
+
+
+@pytest.mark.parametrize("member", [b"abab:x", b"abab:0", b"abab:-3", b"abab",
+                                    b"abab:%d" % (redis_chunks.MOST_CHUNKS + 1)])
+def test_a_pending_member_kairos_did_not_write_is_unlisted_and_saves_go_on(store, member):
+    """A member of the pending set not `<generation>:<chunks>` (changed outside Kairos): a
+    save's sweep unlisted it, not listing a count's worth of chunk names past any save's (a
+    billion: memory), nor failing every save on it (a bare ValueError from int())."""
+    store.r.zadd(f"{store.prefix}:mp:learner", {member: 0})
+    big = os.urandom(3 * CHUNK)
+    store.put_meta("learner", big)
+    assert store.get_meta("learner") == big
+    assert store.r.zrange(f"{store.prefix}:mp:learner", 0, -1) == []
+
+
+def test_a_sweep_never_deletes_the_chunks_a_header_out_of_this_versions_bounds_names(store):
+    """A header whose counts this version's bounds refuse (a later writer's wider chunks)
+    still names its generation: a sweep finding that generation dead and listed (its switch
+    failed before its ZREM) leaves its chunks, as it does a sound header's."""
+    store.put_meta("learner", os.urandom(3 * CHUNK))
+    header = f"{store.prefix}:mh:learner"
+    generation, length, count, digest = msgpack.unpackb(store.r.get(header))
+    store.r.set(header, msgpack.packb([generation, length * 10**6, count, digest]))
+    store.r.zadd(f"{store.prefix}:mp:learner", {f"{generation}:{count}": 0})  # alive key gone
+    chunks = sorted(store.r.keys(f"{store.prefix}:mc:learner:*"))
+    sweep(store, "learner")
+    assert sorted(store.r.keys(f"{store.prefix}:mc:learner:*")) == chunks and len(chunks) == 3
