@@ -10,6 +10,8 @@ from kairos.core.decision import Decision
 
 from kairos.cluster.shard.sinks import Pushes
 
+from tests.support.waiting import until
+
 
 def decision(decision_id: str, customer: str = "ana") -> Decision:
     return Decision(decision_id, customer, "web", "hero", (decision_id,), "v1", 1)
@@ -59,7 +61,9 @@ def test_a_sink_slower_than_the_bound_has_the_moving_customers_waiting_pushes_dr
         source.push("gw", [decision("a2"), decision("o2", "other")])
         dropped = await source.flush(lambda c: c == "ana", within_s=0.05)
         target.push("gw", [decision("b1")])
-        await asyncio.sleep(0.4)
+        # o2 went with a2, had a2 not been dropped (a sleep of 0.4 s left a1's slow call 0.1 s:
+        # one late by 0.3 s had landed none but b1)
+        await until(lambda: "o2" in got, 10, "the other customer's push landed")
         return dropped, got
     dropped, got = asyncio.run(main())
     # a2 would have overwritten b1
