@@ -58,6 +58,7 @@ from __future__ import annotations
 import contextvars
 import hmac
 import ipaddress
+import logging
 import math
 import re
 from collections import Counter
@@ -71,6 +72,7 @@ from kairos.core.catalog import NAME_RE
 
 SCOPES = ("decide", "ingest", "respond", "watch", "profile:read", "admin", "identity",
           "feedback", "status:read", "log:read")
+log = logging.getLogger("kairos.gateway")
 KEYS_ENV = "KAIROS_API_KEYS"  # where `kairos up` and its gateways find keys without --keys
 METADATA_KEY = "x-api-key"
 KEY_FIELDS = ("key", "name", "channel", "scopes")  # an entry's, and no others
@@ -215,9 +217,15 @@ def _labels(keys: list[ApiKey]) -> list[str | None]:
     name grant otherwise (another channel or other scopes, or an unnamed "key 1" and one so
     named); by that place, all of them, should a name read as another's suffixed label (each
     then ends with an index of its own); None for a gateway of one key."""
-    first: dict[ApiKey, int] = {}  # each key (its label aside), by its first entry's place
+    places: dict[ApiKey, list[int]] = {}  # each key (its label aside): its entries' places
     for i, key in enumerate(keys):
-        first.setdefault(replace(key, label=None), i)
+        places.setdefault(replace(key, label=None), []).append(i)
+    for key, of in places.items():
+        if len(of) > 1:  # as meant while a key is rotated; a name reused by mistake shows here
+            log.info("keys[%s] are one key, %r (one share of the in-flight limit, one bound on "
+                     "its streams): one name, the same scopes and channel", "], keys[".join(
+                         map(str, of)), key.name)
+    first = {key: of[0] for key, of in places.items()}
     if len(first) < 2:
         return [None] * len(keys)
     repeated = Counter(key.name for key in first)

@@ -14,6 +14,7 @@ from collections import Counter as Tally
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import re
@@ -190,7 +191,9 @@ class Gateway(Inflight):
 
     def _start_refresh(self) -> None:
         """`refresh_catalog` in the background, which callers may wait for or not."""
-        self._refresh = asyncio.ensure_future(self.refresh_catalog())
+        # every caller's, none's share: not in the context of the call that started it
+        self._refresh = asyncio.get_running_loop().create_task(
+            self.refresh_catalog(), context=contextvars.Context())
         self._refresh.add_done_callback(self._refreshed)
 
     def _refreshed(self, refresh: asyncio.Future) -> None:
@@ -373,11 +376,11 @@ class InflightLimit(grpc.aio.ServerInterceptor):
                 key = self.gateway.admit()
             except Busy as exc:
                 await fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-            self.gateway.hold(key)
+            held = self.gateway.hold(key)
             try:
                 return await behavior(request, context)
             finally:
-                self.gateway.uncount(key)
+                self.gateway.release(key, held)
         return grpc.unary_unary_rpc_method_handler(
             admitted, request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer)

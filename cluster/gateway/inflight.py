@@ -56,12 +56,18 @@ class Inflight:
         self.count(key, adding)
         return key
 
-    def hold(self, key: str | None) -> None:
+    def hold(self, key: str | None) -> contextvars.Token:
         """The current call, just admitted (`check_capacity`, no await since), counts in
-        flight as `key`'s, until its caller's `uncount` once it ends; its runtime work counts
-        nothing more (`held`)."""
+        flight as `key`'s, until its caller's `release` once it ends; its runtime work counts
+        nothing more (`held`) until then."""
         self.count(key)
-        _held.set(True)
+        return _held.set(True)
+
+    def release(self, key: str | None, held: contextvars.Token) -> None:
+        """The call `hold` counted (`held`, its token) has ended: uncounted, and work its task
+        goes on with counts again."""
+        self.uncount(key)
+        _held.reset(held)
 
     def counted_task(self, work: Coroutine, key: str | None) -> asyncio.Task:
         """A task of `work`, a call that `reserve` counted as `key`'s: uncounted once the task

@@ -9,6 +9,7 @@ back, once: a count left behind refuses the key's later calls for good (issue 18
 12)."""
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Callable, Iterator
 
@@ -17,6 +18,7 @@ import pytest
 
 from kairos.cluster.gateway import calls, requests
 from kairos.cluster.gateway.admission import Shedder
+from kairos.cluster.gateway.inflight import held
 from kairos.core.catalog import default_catalog_text
 from kairos.core.errors import InputError
 from kairos.v1 import decision_pb2 as pb
@@ -193,3 +195,25 @@ def test_a_calls_count_is_given_back_however_it_ends(switching, ending):
             code = exc.code()
         assert code.name == end
     wait_until(lambda: switching.held() == (0, {}), 10, "no count left, the shard still stuck")
+
+
+def test_a_held_calls_mark_ends_with_it_and_a_catalog_refresh_it_starts_carries_none():
+    """Review of c46f182, L1: `hold` marked the call's task counted for good, so work its task
+    went on with after the call, and the catalog refresh a counted call starts (a task every
+    caller shares, run in a copy of the starter's context), would count nothing."""
+    gateway = calls.Gateway("g", None, None)
+    seen: list[bool] = []
+
+    async def refresh_catalog() -> None:
+        seen.append(held())
+    gateway.refresh_catalog = refresh_catalog
+
+    async def call() -> bool:
+        token = gateway.hold("web")
+        assert held()
+        gateway._start_refresh()
+        await gateway._refresh
+        gateway.release("web", token)
+        return held()
+    assert asyncio.run(call()) is False
+    assert seen == [False] and gateway.inflight == 0 and gateway.inflight_of == {}

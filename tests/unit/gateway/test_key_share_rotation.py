@@ -77,3 +77,13 @@ def test_two_secrets_of_one_name_and_grants_hold_one_share(monkeypatch):
 ], ids=["rotated", "one key rotated", "other grants", "a name read as a label"])
 def test_entries_of_one_name_and_grants_have_one_label(text, labels):
     assert _labels(text) == labels
+
+
+def test_entries_made_one_key_are_logged_at_load(caplog):
+    """Review of ba35e61, L2: entries merged without a word, so a name reused by mistake for
+    another client (the same grants) took one share silently; the load now says which."""
+    with caplog.at_level("INFO", logger="kairos.gateway"):
+        Auth.load(ROTATED)
+    merged = [r.getMessage() for r in caplog.records if "are one key" in r.getMessage()]
+    assert merged == ["keys[0], keys[2] are one key, 'web' (one share of the in-flight limit, "
+                      "one bound on its streams): one name, the same scopes and channel"]
