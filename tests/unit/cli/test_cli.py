@@ -339,6 +339,21 @@ def test_up_refuses_a_console_port_in_use(home, capsys):
 OWN = ": each needs a port of its own"
 
 
+def _distinct_ports(count: int) -> list[int]:
+    """`count` ports free on loopback, each unlike the others and the first's next: drawn while
+    those before are held (free_port's draws, each let go at once, gave the dashboard and the
+    console the same port on a busy machine, and the refusal named them, not the one given)."""
+    with contextlib.ExitStack() as held:
+        ports: list[int] = []
+        while len(ports) < count:
+            s = held.enter_context(socket.socket())
+            s.bind((local.LOOPBACK, 0))
+            drawn = s.getsockname()[1]
+            if not ports or drawn != ports[0] + 1:
+                ports.append(drawn)
+        return ports
+
+
 @pytest.mark.parametrize("given, said", [
     ({"--console-port": "A", "--port": "A"}, "--console-port and --port are both port A" + OWN),
     ({"--dashboard-port": "A", "--ray-port": "A"},
@@ -352,12 +367,12 @@ def test_up_refuses_a_port_given_for_two_things_and_starts_nothing(home, capsys,
     def started():
         raise AssertionError("`kairos up` went past its checks of options")
     monkeypatch.setattr(local, "up_lock", started)
-    a = local.free_port()
+    a, *others = _distinct_ports(5)
 
     def port(text: str) -> str:
         return text.replace("A+1", str(a + 1)).replace("A", str(a))
-    options = {"--ray-port": str(local.free_port()), "--dashboard-port": str(local.free_port()),
-               "--console-port": str(local.free_port()), "--port": str(local.free_port()),
+    options = {**dict(zip(("--ray-port", "--dashboard-port", "--console-port", "--port"),
+                          map(str, others))),
                **{option: port(value) for option, value in given.items()}}
     assert main(["up", *(x for pair in options.items() for x in pair)]) == 2
     assert capsys.readouterr().err.strip() == f"error: {port(said)}"
