@@ -398,8 +398,9 @@ def test_up_refuses_a_port_among_rays_worker_ports_and_starts_nothing(home, caps
     def started():
         raise AssertionError("`kairos up` went past its checks of options")
     monkeypatch.setattr(local, "up_lock", started)
-    options = ["--ray-port", str(local.free_port()), "--dashboard-port", str(local.free_port()),
-               "--console-port", str(local.free_port()), "--port", str(local.free_port())]
+    options = [x for option, port in zip(("--ray-port", "--dashboard-port", "--console-port",
+                                          "--port"), _distinct_ports(4))
+               for x in (option, str(port))]
     assert main(["up", *options, *given]) == 2  # the last of an option given twice counts
     assert capsys.readouterr().err.strip() == f"error: {said}"
 
