@@ -183,7 +183,10 @@ def test_passivation_round_trip_gives_back_the_same_profile(cluster):
     assert client.profile("sleepy", T0 + 3600) == before
 
 
-def test_a_response_reaches_every_shards_model_within_two_seconds(cluster):
+def test_a_response_reaches_every_shards_model_within_a_few_syncs(cluster):
+    """Within 10 syncs (KAIROS_MODEL_SYNC_S, 0.5 s here): the shard's delta to the learner, its
+    publish, every shard's long poll; a bound that a loaded test box keeps, not a figure (it
+    was 2 s)."""
     c, client, runtime = cluster
     decision = client.decide("learner-1", "web", "hero", now=T0)
     assert decision.actions
@@ -197,7 +200,8 @@ def test_a_response_reaches_every_shards_model_within_two_seconds(cluster):
     assert len(owners) == len(status(runtime)["shards"])
     wait_until(lambda: min(client.decide(p, "web", "hero", now=T0).model_version
                            for p in probes) > start_version,
-               2.0 - (time.time() - recorded), "every shard's model to take the response",
+               10 * float(TUNING["KAIROS_MODEL_SYNC_S"]) - (time.time() - recorded),
+               "every shard's model to take the response",
                poll_s=0.05)
 
 
