@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any, AsyncIterator, Awaitable
+from typing import Any, AsyncIterator
 
 import grpc
 
@@ -105,22 +105,30 @@ class DecisionService(Ingesting, decision_pb2_grpc.DecisionServiceServicer):
         return pb.OutcomeAck(learned_from=LEARNED_FROM.get(learned, pb.LEARNED_FROM_UNSPECIFIED))
 
     async def _learned(self, checked: requests.OutcomeRequest) -> str:
-        """What the models learned from a Respond's outcome, sent as named; one by an alias's
-        anonymous id whose shard found its decision issued to none of the ids it tried, sent
-        again as the alias (`requests.retried_as_alias`)."""
+        """What the models learned from a Respond's outcome. One by an alias's anonymous id is
+        sent by that id; refused as a decision issued to none of the ids its shard tried, it is
+        sent again as the alias (`requests.retried_as_alias`) only where the alias resolves to
+        a customer the first send did not reach: not the id itself (a visitor never linked),
+        nor the customer the id's redirect sent it to (a link whose redirect lasts). There the
+        same refusal stands, which a second send would charge to that customer's outcome rate
+        once more (shard/customers.py: guesses count)."""
+        who = checked.who
+        if who.alias_key is not None:
+            return await self._answer(_outcome(
+                checked, who, await self.client.resolve_key(who.alias_key)))
+        first = _outcome(checked, who, who.customer_id)
+        reply = await self.client.enqueue(first)
         try:
-            return await self._respond(checked)
-        except InputError as exc:
-            alias = requests.retried_as_alias(checked.who, exc)
+            return (await self.client.settle(first, reply)).value
+        except InputError as refused:
+            alias = requests.retried_as_alias(who, refused)
             if alias is None:
                 raise
-        return await self._respond(checked._replace(who=alias))
-
-    def _respond(self, checked: requests.OutcomeRequest) -> Awaitable[str]:
-        return self.gateway.as_customer(checked.who, lambda customer_id: self.client.respond(
-            customer_id, checked.action_id, checked.channel, checked.outcome, checked.time,
-            checked.decision_id, checked.value, checked.idempotency_key,
-            checked.who.via(customer_id)))
+            customer_id = await self.client.resolve_key(alias.alias_key)
+            if customer_id == (reply.customer_id if isinstance(reply, protocol.Merged)
+                               else who.customer_id):
+                raise
+        return await self._answer(_outcome(checked, alias, customer_id))
 
     async def GetRoutes(self, request: pb.RoutesRequest, context) -> pb.Routes:
         version, partitions, endpoints, owners = await self.gateway.routes()
@@ -166,7 +174,7 @@ class DecisionService(Ingesting, decision_pb2_grpc.DecisionServiceServicer):
 
     async def _answer(self, request: protocol.Request) -> Any:
         """What a request's shard answers (a decision GetProfile shows an agent, the customer
-        a forget by alias forgets)."""
+        a forget by alias forgets, what a Respond's outcome was learned from)."""
         reply = await self.client.settle(request, await self.client.enqueue(request))
         return reply.value
 
@@ -224,6 +232,16 @@ class DecisionService(Ingesting, decision_pb2_grpc.DecisionServiceServicer):
                     yield out
         except Exception as exc:
             await abort(context, exc, READ)
+
+
+def _outcome(checked: requests.OutcomeRequest, who: requests.Who, customer_id: str
+             ) -> protocol.Outcome:
+    """A Respond's outcome for `customer_id`, whom `who` named (resolved, for an alias)."""
+    return protocol.Outcome(
+        customer_id=customer_id, action_id=checked.action_id, channel=checked.channel,
+        outcome=checked.outcome, when=checked.time, decision_id=checked.decision_id,
+        value=checked.value, idempotency_key=checked.idempotency_key,
+        via=who.via(customer_id))
 
 
 def may_log() -> bool:

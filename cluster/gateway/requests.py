@@ -13,7 +13,8 @@ control characters (`check_plain`), so none is taken for an id the cluster makes
 An alias's anonymous id ("~type:value") is whom an answer to a request by the alias, or by
 that id, names to a key without profile:read (`alias_answered`). A Respond by it, from any key,
 goes to the anonymous customer it names, and again as the alias only where that customer's
-shard refuses it as a decision issued to none of the ids it tried (`retried_as_alias`).
+shard refuses it as a decision issued to none of the ids it tried (`retried_as_alias`), and
+the alias resolves to a customer that first send did not reach (decisions.py `_learned`).
 """
 from __future__ import annotations
 
@@ -91,10 +92,11 @@ def named_id(who: Who) -> str | None:
 
 
 def retried_as_alias(who: Who, refused: InputError) -> Who | None:
-    """Whom a Respond the shard refused is sent again as: one by an alias's anonymous id
+    """Whom a Respond the shard refused may be sent again as: one by an alias's anonymous id
     ("~type:value"), refused because no decision issued to any id the shard tried showed the
     action (NOT_ISSUED), as that alias, resolved through the directory as a Respond by the
-    alias is. A Decide by the alias answers a key without profile:read that id
+    alias is (and sent only where it resolves to a customer the first try did not reach:
+    decisions.py `_learned`). A Decide by the alias answers a key without profile:read that id
     (`alias_answered`) for a decision issued to the customer the alias is linked to, whose
     shard finds it from the alias (`Who.via`); the id's own shard sends it there only while
     its redirect lasts (identity.REDIRECTS_PER_PARTITION), and once that is gone, holds the
