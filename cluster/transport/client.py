@@ -265,8 +265,10 @@ class KairosClient(Batching, IdentitySagas):
             raise InputError(reply.field, reply.reason)
         if isinstance(reply, protocol.Conflict):
             raise Conflict(reply.reason)
-        if isinstance(reply, protocol.Busy):
-            raise Busy(reply.reason or f"the shard of {route_key(request)!r} is at its queue "
+        if isinstance(reply, protocol.Busy):  # a full queue's names its shard, not the
+            # customer, whom a request by alias must not name to a key without profile:read
+            # (decision.proto, Decision.customer_id)
+            raise Busy(reply.reason or f"{self.owner(route_key(request))} is at its queue "
                                        f"limit")
         if isinstance(reply, Failed):
             raise reply.kind(reply.reason)

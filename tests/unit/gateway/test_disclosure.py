@@ -6,7 +6,8 @@ as named, never the id of the customer the alias is linked to (which would make 
 an oracle of whose aliases are whose), and a fallback the id as named to every key; a Respond
 by an anonymous id reaches the decision it names: the anonymous profile's own, first (while a
 link is under way, and once the shard's redirect is gone), else the one a Decide by the alias
-answered; and reflection, open without a key, neither lists nor describes AdminService."""
+answered; a refusal for a full shard queue, on a request by alias, names the shard, not the
+customer; and reflection, open without a key, neither lists nor describes AdminService."""
 from __future__ import annotations
 
 
@@ -16,7 +17,7 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import \
     ProtoReflectionDescriptorDatabase
 
-from kairos.cluster import identity
+from kairos.cluster import identity, protocol
 from kairos.cluster.gateway import requests, wire
 from kairos.cluster.shard.watches import Pushed
 from kairos.core.decision import RankedAction
@@ -25,7 +26,7 @@ from kairos.v1 import decision_pb2 as pb
 from kairos.v1 import decision_pb2_grpc
 
 from tests.support.inprocess_gateway import serving
-from tests.support.local_backend import DecidesLate
+from tests.support.local_backend import DecidesLate, LocalBackend
 
 DEADLINE_S = 10
 WEB, READER, OPS = "web-channel-key-0123456789", "web-reader-key-0123456789", \
@@ -237,6 +238,44 @@ def test_a_fallback_by_alias_names_the_alias_to_every_key(roomy_answer_margin):
             shown = stub.Decide(pb.DecideRequest(alias=EMAIL, channel="web"), timeout=0.5,
                                 metadata=key(secret))
             assert shown.fallback and shown.customer_id == ANON
+
+
+class KeisQueueFull(LocalBackend):
+    """Once `full`, kei's shard answers every batch holding a request for kei as ShardHost
+    does past its queue limit: Busy() for each request, with no reason, none applied."""
+
+    full = False
+
+    async def send(self, name, session, seq, requests, routed):
+        if self.full and any(getattr(r, "customer_id", None) == "kei" for r in requests):
+            await super().send(name, session, seq, [], [])  # its turn taken: the session goes on
+            return [protocol.Busy()] * len(requests)
+        return await super().send(name, session, seq, requests, routed)
+
+
+def test_a_full_queue_of_the_linked_customers_shard_is_told_by_shard_not_by_customer():
+    """Review of efb058c, item 2: a request by alias (or by its anonymous id, redirected) that
+    kei's shard refused for its full queue was RESOURCE_EXHAUSTED "the shard of 'kei' is at its
+    queue limit", which told a key without profile:read whose the alias is."""
+    backend = KeisQueueFull()
+    with serving(KEYS, backend) as (gateway, channel):
+        stub = kei_linked(channel)
+        decided = stub.Decide(pb.DecideRequest(alias=EMAIL, channel="web"),
+                              timeout=DEADLINE_S, metadata=key(WEB))
+        backend.full = True
+        shard = gateway.run(_owner(gateway, "kei"))
+        for call, request in (
+                (stub.Decide, pb.DecideRequest(alias=EMAIL, channel="web")),
+                (stub.Ingest, pb.Event(alias=EMAIL, type="app_open", channel="web")),
+                (stub.Respond, accepted(decided, customer_id=ANON))):
+            with pytest.raises(grpc.RpcError) as refused:
+                call(request, timeout=DEADLINE_S, metadata=key(WEB))
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert refused.value.details() == f"{shard} is at its queue limit"
+
+
+async def _owner(gateway, customer_id: str) -> str:
+    return gateway.client.owner(customer_id)
 
 
 def test_reflection_describes_the_channels_services_and_not_adminservice(served):
