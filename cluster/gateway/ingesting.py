@@ -42,6 +42,8 @@ UNREAD = (f"the caller read no ack for {INGEST_STREAM_IDLE_S:.0f} s after it sto
           f"were applied, and those sent after them may have been: send again from the first "
           f"one not acked, with the same idempotency keys")
 ENDING = "the status of a stalled IngestStream"  # its task's name
+NO_ROOM = ("; the gateway ended the stream at this event: it was not applied, nor any sent after "
+           "it, and the events acked before it were: send again from this one on a new stream")
 ROUTED = ("; the customer's shard refused it once the call's events were routed: its other "
           "events may have been applied")
 
@@ -127,7 +129,7 @@ class Ingesting:
         it ran when the stream opened. One without room in the gateway's calls in flight, or
         in its key's share (`Gateway.check_capacity`), ends the stream RESOURCE_EXHAUSTED with
         the refusal, every event before it acked: the caller sends the rest again on a new
-        stream. A gateway serves at most INGEST_STREAMS of them (and
+        stream (NO_ROOM says so). A gateway serves at most INGEST_STREAMS of them (and
         of those, at most INGEST_STREAMS_PER_KEY of one key and _PER_HOST from one host: past
         any, RESOURCE_EXHAUSTED), and ends one whose caller sent no event for
         INGEST_STREAM_IDLE_S (DEADLINE_EXCEEDED, once every event sent was acked), or kept
@@ -224,7 +226,10 @@ class Ingesting:
                              last: asyncio.Future | None, call: Call) -> _Pending:
         """A stream's event checked (`Gateway.checked`) and routed (`_route`), counted in
         flight from before its check (`Gateway.reserve`), which may wait for a catalog."""
-        key = self.gateway.reserve()
+        try:
+            key = self.gateway.reserve()
+        except Busy as refused:  # no room: no later event is read (`_read`)
+            raise Busy(f"{refused}{NO_ROOM}") from None
         try:
             checked = await self.gateway.checked(
                 lambda catalog: requests.event_request(event, catalog, where),

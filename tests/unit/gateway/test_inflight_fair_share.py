@@ -10,7 +10,8 @@ other; below that, a key holding nothing gets one call or batch in, and a key ho
 to its share, 35 split among the keys with calls in flight. A gateway without keys, or with
 one, has no shares. The counts go back to nothing once calls, batches and streams end,
 cancelled included (a count left behind would refuse the key for good: issue 18, finding 12);
-a stream's event without room ends its stream RESOURCE_EXHAUSTED, the events before it acked."""
+a stream's event without room ends its stream RESOURCE_EXHAUSTED, the events before it acked,
+it and none after it applied, which its message says (NO_ROOM)."""
 from __future__ import annotations
 
 import asyncio
@@ -26,6 +27,7 @@ import pytest
 from kairos.cluster.gateway import auth, calls
 from kairos.cluster.gateway.auth import Auth
 from kairos.cluster.gateway.calls import Gateway
+from kairos.cluster.gateway.ingesting import NO_ROOM
 from kairos.cluster.gateway.streambounds import Open
 from kairos.cluster.transport.client import Busy
 from kairos.v1 import decision_pb2 as pb
@@ -370,10 +372,52 @@ def test_a_streams_event_past_its_keys_share_ends_it_after_the_earlier_acks(rig)
     assert ended == ("gateway g has 33 calls in flight, 25 of them of key 'web': past 30 in "
                      "flight (KAIROS_GATEWAY_KEY_SHARE_FROM of the limit), a key holding calls "
                      "may hold up to its share, 17, in flight: 35 (the kept line) split among "
-                     "the 2 keys with calls in flight, at least 1"), ended
+                     "the 2 keys with calls in flight, at least 1" + NO_ROOM), ended
     assert rig.held() == (33, {"web": 25, "app": 8})
     wait_until(lambda: rig.gateway.run(_open(rig.gateway.gateway)) == 0, 10,
                "the stream's place freed")
+
+
+def test_events_in_flight_when_a_later_one_is_refused_are_acked_and_none_after_it_applied(
+        rig):
+    """Review of 0098723: the stream's first two events are held at the stuck shard, in
+    flight, when its third is past the web key's share (its fourth sent behind it). Once the
+    shard answers, the two acks come, then RESOURCE_EXHAUSTED saying where the stream ended
+    and what to send again (NO_ROOM); sent again with the same idempotency keys, the first two
+    are duplicates, the third and the fourth (never read) are applied now."""
+    rig.hold(WEB, 15)
+    rig.hold(APP, 14)
+    events = [rig.event(WEB) for _ in range(4)]
+    for n, event in enumerate(events):
+        event.event_id = f"n{n}"
+    go = threading.Event()
+
+    def sent() -> Iterator[pb.Event]:
+        yield from events
+        go.wait(30)  # kept open: the gateway ends the stream
+
+    stream = rig.stub.IngestStream(sent(), metadata=WEB, timeout=60)
+    acks = []
+    try:
+        wait_until(lambda: rig.held() == (31, {"web": 17, "app": 14}), 10,
+                   "the stream's first two events in flight")
+        rig.gate(True)
+        with pytest.raises(grpc.RpcError) as ended:
+            for ack in stream:
+                acks.append(ack)
+    finally:
+        go.set()
+    assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert ended.value.details() == (
+        "gateway g has 31 calls in flight, 17 of them of key 'web': past 30 in flight (KAIROS_"
+        "GATEWAY_KEY_SHARE_FROM of the limit), a key holding calls may hold up to its share, "
+        "17, in flight: 35 (the kept line) split among the 2 keys with calls in flight, at "
+        "least 1" + NO_ROOM)
+    assert [(ack.event_id, ack.duplicate) for ack in acks] == [("n0", False), ("n1", False)]
+    again = rig.stub.IngestStream(iter(events), metadata=WEB, timeout=20)
+    assert [(ack.event_id, ack.duplicate) for ack in again] == [
+        ("n0", True), ("n1", True), ("n2", False), ("n3", False)]
+    wait_until(lambda: rig.held() == (0, {}), 10, "no call in flight, no key counted")
 
 
 async def _open(gateway: Gateway) -> int:
