@@ -99,9 +99,9 @@ class Watch(NamedTuple):
 
 def logged(watch: Watch, exc: Exception) -> tuple[str, str]:
     """A watch as a log line names it (its customer by fingerprint, and its view), and an
-    error about it, whose message may quote the id (a Busy's does), the same way: quoted as
-    errors quote (by repr, escaping a backslash or a quote it holds, or a long one's start),
-    or as it is."""
+    error about it, whose message may quote the id (a shard's reason may), the same way:
+    quoted as errors quote (by repr, escaping a backslash or a quote it holds, or a long one's
+    start), or as it is."""
     if watch.customer_id is None:
         return f"of every customer on {watch.channel}/{watch.placement}", str(exc)
     customer_id, why = watch.customer_id, str(exc)

@@ -23,7 +23,7 @@ EMAIL = "~email:ana@example.com"
 
 
 class QuotingShards(FakeShards):
-    """Unregistrations fail with a Busy quoting the id, as KairosClient's does."""
+    """Unregistrations fail with a Busy quoting the id, as a shard's reason may."""
 
     async def _apply(self, key: tuple, active: bool) -> None:
         if not active:
