@@ -79,9 +79,12 @@ EARLIER_FAILED = ("not sent: an earlier event of this call failed; none of that 
 FORGOTTEN_IN_CALL = ("an event's customer is being forgotten: that event was not applied, and "
                      "the call's other events may have been: retry ForgetCustomer, then the "
                      "call with the same idempotency keys")
-# a shard's refusal meant for callers (README, Corruption), without the damage's detail; the
-# others, BEING_FORGOTTEN (protocol.py) and FORGOTTEN_IN_CALL, are passed on as they are
+# a shard's refusal meant for callers (README, Corruption), told without the damage's detail
+# and its partition (a request by alias names the linked customer's, against which a guessed id
+# is checked: the shard's log has it); the others, BEING_FORGOTTEN (protocol.py) and
+# FORGOTTEN_IN_CALL, are passed on as they are
 DAMAGED = re.compile(r"this customer's stored profile \(partition \d+\) is damaged")
+DAMAGED_TOLD = "this customer's stored profile is damaged (the shard's log names its partition)"
 # The DecisionService calls each counted in flight as one call from their admission until
 # they end (`InflightLimit._holding`): the unary ones whose runtime calls go through `call`.
 # The others count their own way: IngestStream and IngestBatch each event, from its check
@@ -433,8 +436,7 @@ def _unavailable(exc: Unavailable, retry: str) -> str:
     if isinstance(exc, ShardUnavailable):
         if str(exc) in (BEING_FORGOTTEN, FORGOTTEN_IN_CALL):
             return str(exc)
-        damaged = DAMAGED.match(str(exc))
-        return f"{FAILED}; {retry}" if damaged is None else damaged.group(0)
+        return f"{FAILED}; {retry}" if DAMAGED.match(str(exc)) is None else DAMAGED_TOLD
     return f"{SILENT}; {retry}"
 
 

@@ -51,7 +51,7 @@ def _logs_each(monkeypatch):
     (ShardUnavailable(f"kairos-shard-0003: journal: {INTERNAL}"), calls.SHARD_FAILED),
     (ShardUnavailable("this customer's stored profile (partition 7) is damaged: StoreCorrupt: "
                       "/var/lib/kairos/customers/p7/ab.blk"),
-     "this customer's stored profile (partition 7) is damaged"),  # README, Corruption
+     calls.DAMAGED_TOLD),  # README, Corruption: no partition (a guessed id checks against it)
 ])
 def test_the_caller_is_told_what_happened_and_the_log_has_the_detail(exc, told, caplog):
     with caplog.at_level(logging.WARNING, logger="kairos.gateway"):
