@@ -43,16 +43,19 @@ def refused(stub: decision_pb2_grpc.DecisionServiceStub, outcome: pb.Outcome) ->
     assert refusal.value.details().startswith(f"decision_id: {NOT_ISSUED}")
 
 
+def decided(stub, customer_id: str) -> pb.Decision:
+    """A web Decide for `customer_id`, by the web key."""
+    return stub.Decide(pb.DecideRequest(customer_id=customer_id, channel="web"),
+                       timeout=DEADLINE_S, metadata=key(WEB))
+
+
 def test_a_refusal_the_alias_would_repeat_is_not_sent_again():
     """Before: a never-linked visitor's refused Respond went Outcome, Resolve, Outcome (the
     same send twice); a linked alias's, while its redirect lasts, Outcome, Outcome (the
     redirect), Resolve, Outcome (kei's shard again)."""
     with serving(KEYS) as (gateway, channel):
         stub = kei_linked(channel)
-        keis = stub.Decide(pb.DecideRequest(customer_id="kei", channel="web"),
-                           timeout=DEADLINE_S, metadata=key(WEB))
-        nobodys = stub.Decide(pb.DecideRequest(customer_id=NOBODY, channel="web"),
-                              timeout=DEADLINE_S, metadata=key(WEB))
+        keis, nobodys = (decided(stub, customer_id) for customer_id in ("kei", NOBODY))
         sent = recorded(gateway)
         refused(stub, accepted(keis, customer_id=NOBODY))
         assert sent == [("outcome", NOBODY), ("resolve", "email:nobody@example.org")]
@@ -71,8 +74,7 @@ def test_once_the_redirect_is_gone_the_alias_is_tried_where_it_now_leads(monkeyp
         stub = kei_linked(channel)
         by_alias = stub.Decide(pb.DecideRequest(alias=EMAIL, channel="web"),
                                timeout=DEADLINE_S, metadata=key(WEB))
-        nobodys = stub.Decide(pb.DecideRequest(customer_id=NOBODY, channel="web"),
-                              timeout=DEADLINE_S, metadata=key(WEB))
+        nobodys = decided(stub, NOBODY)
         sent = recorded(gateway)
         assert stub.Respond(accepted(by_alias, customer_id=ANON), timeout=DEADLINE_S,
                             metadata=key(WEB)).learned_from == pb.LEARNED_FROM_DECISION
@@ -89,10 +91,7 @@ def test_refused_responds_count_once_against_the_customers_outcome_rate():
     kei's after 30 refused by the id of its linked alias, its redirect lasting."""
     with serving(KEYS) as (_, channel):
         stub = kei_linked(channel)
-        keis = stub.Decide(pb.DecideRequest(customer_id="kei", channel="web"),
-                           timeout=DEADLINE_S, metadata=key(WEB))
-        nobodys = stub.Decide(pb.DecideRequest(customer_id=NOBODY, channel="web"),
-                              timeout=DEADLINE_S, metadata=key(WEB))
+        keis, nobodys = (decided(stub, customer_id) for customer_id in ("kei", NOBODY))
         for guessed, own, customer_id in ((keis, nobodys, NOBODY), (nobodys, keis, ANON)):
             for _ in range(30):
                 refused(stub, accepted(guessed, customer_id=customer_id))
