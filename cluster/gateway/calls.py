@@ -86,7 +86,8 @@ FORGOTTEN_IN_CALL = ("an event's customer is being forgotten: that event was not
 DAMAGED = re.compile(r"this customer's stored profile \(partition \d+\) is damaged")
 DAMAGED_TOLD = "this customer's stored profile is damaged (the shard's log names its partition)"
 # The DecisionService calls each counted in flight as one call from their admission until
-# they end (`InflightLimit._holding`): the unary ones whose runtime calls go through `call`.
+# they end (`InflightLimit._holding`): the unary ones, whose runtime calls `within` then counts
+# nothing more for.
 # The others count their own way: IngestStream and IngestBatch each event, from its check
 # (ingesting.py); WatchDecisions only its alias's resolution (`within`: a watch may last for
 # hours), GetRoutes nothing.
@@ -379,11 +380,11 @@ class InflightLimit(grpc.aio.ServerInterceptor):
                 key = self.gateway.admit()
             except Busy as exc:
                 await fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-            held = self.gateway.hold(key)
+            token = self.gateway.hold(key)
             try:
                 return await behavior(request, context)
             finally:
-                self.gateway.release(key, held)
+                self.gateway.release(key, token)
         return grpc.unary_unary_rpc_method_handler(
             admitted, request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer)

@@ -42,9 +42,10 @@ UNREAD = (f"the caller read no ack for {INGEST_STREAM_IDLE_S:.0f} s after it sto
           f"were applied, and those sent after them may have been: send again from the first "
           f"one not acked, with the same idempotency keys")
 ENDING = "the status of a stalled IngestStream"  # its task's name
-NO_ROOM = ("; the gateway ended the stream at this event, {event} (counted from the stream's "
-           "first, 0): it was not applied, nor any sent after it, and the events acked before "
-           "it were: send again from this one on a new stream")
+# first, so that a status message cut to its bound (a long key name) keeps it
+NO_ROOM = ("the gateway ended the stream at {event} (counted from the stream's first, 0): it "
+           "was not applied, nor any event sent after it, and those acked before it were: send "
+           "again from it on a new stream; no room for it: ")
 ROUTED = ("; the customer's shard refused it once the call's events were routed: its other "
           "events may have been applied")
 
@@ -230,7 +231,7 @@ class Ingesting:
         try:
             key = self.gateway.reserve()
         except Busy as refused:  # no room: no later event is read (`_read`)
-            raise Busy(f"{refused}{NO_ROOM.format(event=where.rstrip('.'))}") from None
+            raise Busy(f"{NO_ROOM.format(event=where.rstrip('.'))}{refused}") from None
         try:
             checked = await self.gateway.checked(
                 lambda catalog: requests.event_request(event, catalog, where),

@@ -304,23 +304,25 @@ def sweep(client: redis.Redis, value: Value, members: list[bytes]) -> None:
     in a MULTI, which a server over maxmemory refuses whole: a full server is when a dead
     save's chunks most need to go. Never a generation this process is still to switch to: its
     key is alive while it writes, and deleted by its switch."""
-    if not members:
-        return
-    alive = [_alive(value, m.decode().partition(":")[0]) for m in members]
-    with client.pipeline(transaction=False) as pipe:  # GETs, not MGET: the README's ACL
-        for mark in alive:
-            pipe.get(mark)
-        seen_all = pipe.execute()
-    for member, mark, seen in zip(members, alive, seen_all):
-        if seen is not None:
-            continue
-        if (listed := _member(member)) is None:  # its chunks cannot be known: only unlisted
+    listed = []
+    for member in members:
+        if (parsed := _member(member)) is not None:
+            listed.append((member, *parsed))
+        else:  # not a save's (no live save lists one): its chunks cannot be known, only unlisted
             log.warning("%s: a pending generation %r is not one Kairos writes (<generation>:"
                         "<chunks>, at most %d); unlisted, its chunks (if any) left",
                         _named(value), member, MOST_CHUNKS)
             client.zrem(value.key("p"), member)
+    if not listed:
+        return
+    alive = [_alive(value, generation) for _, generation, _ in listed]
+    with client.pipeline(transaction=False) as pipe:  # GETs, not MGET: the README's ACL
+        for mark in alive:
+            pipe.get(mark)
+        seen_all = pipe.execute()
+    for (member, generation, count), mark, seen in zip(listed, alive, seen_all):
+        if seen is not None:
             continue
-        generation, count = listed
         chunks = _chunks(value, generation, count)
         with client.pipeline(transaction=False) as pipe:  # still dead, and not the header's
             pipe.get(mark)
@@ -360,9 +362,13 @@ def _unpacked(header: bytes) -> tuple[str, int, int, bytes] | None:
 def _member(member: bytes) -> tuple[str, int] | None:
     """A pending member's generation and chunk count (`stage` lists `<generation>:<chunks>`);
     None for one Kairos did not write."""
-    generation, _, count = member.decode(errors="replace").partition(":")
-    return (generation, int(count)) if count.isdigit() and 0 < int(count) <= MOST_CHUNKS \
-        else None
+    try:
+        generation, _, count = member.decode().partition(":")
+    except UnicodeDecodeError:
+        return None
+    if not (generation and count.isascii() and count.isdigit() and len(count) <= 20):
+        return None  # (int() takes other digits, and refuses past 4,300 of them)
+    return (generation, int(count)) if 0 < int(count) <= MOST_CHUNKS else None
 
 
 def _parsed(header: bytes) -> tuple[tuple[str, int, int, bytes] | None, str]:

@@ -10,7 +10,6 @@ exactly once, in order.
 """
 from __future__ import annotations
 
-
 import grpc
 import pytest
 import ray

@@ -10,7 +10,6 @@ answered; a refusal for a full shard queue, on a request by alias, names the sha
 customer; and reflection, open without a key, neither lists nor describes AdminService."""
 from __future__ import annotations
 
-
 import grpc
 import pytest
 from google.protobuf.descriptor_pool import DescriptorPool

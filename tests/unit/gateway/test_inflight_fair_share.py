@@ -369,11 +369,11 @@ def test_a_streams_event_past_its_keys_share_ends_it_after_the_earlier_acks(rig)
     rig.hold(APP, 8)
     go.set()
     ended = refused(list, stream)
-    assert ended == ("gateway g has 33 calls in flight, 25 of them of key 'web': past 30 in "
+    assert ended == (NO_ROOM.format(event="events[2]")
+                     + "gateway g has 33 calls in flight, 25 of them of key 'web': past 30 in "
                      "flight (KAIROS_GATEWAY_KEY_SHARE_FROM of the limit), a key holding calls "
                      "may hold up to its share, 17, in flight: 35 (the kept line) split among "
-                     "the 2 keys with calls in flight, at least 1"
-                     + NO_ROOM.format(event="events[2]")), ended
+                     "the 2 keys with calls in flight, at least 1"), ended
     assert rig.held() == (33, {"web": 25, "app": 8})
     wait_until(lambda: rig.gateway.run(_open(rig.gateway.gateway)) == 0, 10,
                "the stream's place freed")
@@ -409,11 +409,11 @@ def test_events_in_flight_when_a_later_one_is_refused_are_acked_and_none_after_i
     finally:
         go.set()
     assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert ended.value.details() == (
+    assert ended.value.details() == NO_ROOM.format(event="events[2]") + (
         "gateway g has 31 calls in flight, 17 of them of key 'web': past 30 in flight (KAIROS_"
         "GATEWAY_KEY_SHARE_FROM of the limit), a key holding calls may hold up to its share, "
         "17, in flight: 35 (the kept line) split among the 2 keys with calls in flight, at "
-        "least 1" + NO_ROOM.format(event="events[2]"))
+        "least 1")
     assert [(ack.event_id, ack.duplicate) for ack in acks] == [("n0", False), ("n1", False)]
     again = rig.stub.IngestStream(iter(events), metadata=WEB, timeout=20)
     assert [(ack.event_id, ack.duplicate) for ack in again] == [

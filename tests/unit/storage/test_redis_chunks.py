@@ -399,8 +399,9 @@ def test_metas_chunks_are_of_a_size_the_header_check_takes():
     assert redis_chunks.LEAST_CHUNK_BYTES <= redis_chunks.CHUNK_BYTES <= MOST
 
 
-@pytest.mark.parametrize("member", [b"abab:x", b"abab:0", b"abab:-3", b"abab",
-                                    b"abab:%d" % (redis_chunks.MOST_CHUNKS + 1)])
+@pytest.mark.parametrize("member", [
+    b"abab:x", b"abab:0", b"abab:-3", b"abab", b":3", b"abab:%d" % (redis_chunks.MOST_CHUNKS + 1),
+    b"\xff\xfe:3", "abab:\u00b2".encode(), b"abab:" + b"9" * 5000])  # not UTF-8; int() refuses
 def test_a_pending_member_kairos_did_not_write_is_unlisted_and_saves_go_on(store, member):
     """A member of the pending set not `<generation>:<chunks>` (changed outside Kairos): a
     save's sweep unlisted it, not listing a count's worth of chunk names past any save's (a
