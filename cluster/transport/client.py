@@ -161,14 +161,14 @@ class KairosClient(Batching, IdentitySagas):
 
     async def respond(self, customer_id: str, action_id: str, channel: str, outcome: str,
                       when: Any, decision_id: str | None = None, value: float | None = None,
-                      idempotency_key: str | None = None, via: str | None = None) -> str:
+                      idempotency_key: str | None = None) -> str:
         """Record an outcome (a convert may carry its value) once per idempotency key; what
         the models learned from (a core.decision.Learned value: DUPLICATE for a key the
-        customer had). `via`: the alias's anonymous id, for one by alias (protocol.Event)."""
+        customer had). The gateway sends one by alias itself (decisions.py `_outcome`)."""
         return await self._value(Outcome(customer_id=customer_id, action_id=action_id,
                                 channel=channel, outcome=outcome, when=when,
                                 decision_id=decision_id, value=value,
-                                idempotency_key=idempotency_key, via=via))
+                                idempotency_key=idempotency_key))
 
     async def profile(self, customer_id: str, now: float | None = None) -> dict | None:
         """The golden record, or None for a customer nobody has seen."""
