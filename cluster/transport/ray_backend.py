@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import warnings
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import ray
@@ -77,7 +78,11 @@ def restarted() -> bool:
     if not ray.is_initialized():
         return False
     try:
-        return ray.get_runtime_context().was_current_actor_reconstructed
+        with warnings.catch_warnings():
+            # Ray's property reads Ray's own deprecated actor_id (Ray 2.60): nothing of ours
+            # to change, and every actor's start would print it to `kairos up`'s console
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return ray.get_runtime_context().was_current_actor_reconstructed
     except Exception:  # noqa: BLE001  (whatever Ray raises reading its GCS)
         log.warning("could not ask Ray whether this actor was restarted: telling the "
                     "controller all the same", exc_info=True)
