@@ -311,7 +311,11 @@ class KairosClient(Batching, IdentitySagas):
             # that failed after a sync covered it is replayed): the rest of its call goes
             # unsent, for order, as for the client's own failures (not for Invalid: the
             # gateway checks an event's values before it routes it)
-            self._fail(item, reply, reply.reason or "its shard was at its queue limit")
+            if isinstance(reply, protocol.Busy) and not reply.reason:  # a full queue's: named
+                # by the shard that answered, not the partition's owner now (a move may have
+                # changed it meanwhile)
+                reply = reply._replace(reason=f"{lane.shard} is at its queue limit")
+            self._fail(item, reply)
         elif not item.future.done():
             item.future.set_result(reply)
         self._resume_when_free(p, lane)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
 from kairos.cluster import protocol
@@ -104,7 +105,7 @@ class K0Refused(LocalBackend):
 
 
 @pytest.mark.parametrize("refusal, raised, reason", [
-    (protocol.Busy(), Busy, "its shard was at its queue limit"),
+    (protocol.Busy(), Busy, "kairos-shard-0000 is at its queue limit"),
     (protocol.Unavailable(reason="kairos-shard-0000 is recovering"), ShardUnavailable,
      "kairos-shard-0000 is recovering")], ids=["busy", "unavailable"])
 def test_a_request_its_shard_refused_gives_up_the_rest_of_its_call(refusal, raised, reason):
@@ -124,6 +125,48 @@ def test_a_request_its_shard_refused_gives_up_the_rest_of_its_call(refusal, rais
             await client.settle(_event("k1"), await k1)
         assert str(k1_unsent.value) == f"not sent: an earlier event of its call failed: {reason}"
         assert await client.profile("ana") is None
+        await client.close()
+
+    asyncio.run(main())
+
+
+class BusyThenMoved(LocalBackend):
+    """The shard that k0 goes to answers it with a full queue's Busy (no reason: it saves the
+    bytes), and by then the map gives k0's partition to another shard."""
+
+    client: KairosClient
+
+    async def send(self, name, session, seq, requests, routed):
+        if not any(getattr(request, "idempotency_key", None) == "k0" for request in requests):
+            return await super().send(name, session, seq, requests, routed)
+        await super().send(name, session, seq, [], [])  # its turn taken: the session goes on
+        self.answered_by = name
+        version, shards, owners = self.client.routes()
+        other = next(i for i, shard in enumerate(shards) if shard != name)
+        self.client._apply_map({"version": version + 1, "catalog_version":
+                                self.client.catalog_version, "shards": shards,
+                                "owners": np.full(len(owners), other, np.uint16).tobytes()})
+        return [protocol.Busy()] * len(requests)
+
+
+def test_a_full_queue_s_busy_names_the_shard_that_answered_not_the_owner_since():
+    """The Busy is the answering shard's: an operator who reads it looks at that shard's
+    queue, not at the shard a move made the owner meanwhile."""
+    async def main():
+        backend = BusyThenMoved()
+        await backend.start_runtime(2, n_partitions=8)
+        client = backend.client = await KairosClient(backend).connect()
+        call = Call()
+        k0 = await client.enqueue(_event("k0"), call)
+        k1 = client.enqueue(_event("k1"), call)  # after k0's answer, to the owner since
+        with pytest.raises(Busy) as refused:
+            await client.settle(_event("k0"), k0)
+        assert str(refused.value) == f"{backend.answered_by} is at its queue limit"
+        assert client.owner("ana") != backend.answered_by  # the map moved on meanwhile
+        with pytest.raises(NotSent) as k1_unsent:
+            await client.settle(_event("k1"), await k1)
+        assert str(k1_unsent.value) == (f"not sent: an earlier event of its call failed: "
+                                        f"{backend.answered_by} is at its queue limit")
         await client.close()
 
     asyncio.run(main())
