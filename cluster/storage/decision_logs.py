@@ -19,8 +19,9 @@ lock orders appends, trims and erasures across processes; an erasure rewrites a 
 temporary file and renames it into place, and the appender reopens the segment by name for
 each batch, so it never writes to a file an erasure replaced. Readers take no lock: they see a
 segment before or after a rewrite, and stop a segment at a frame that is not whole (the tail
-being written, or torn by a crash). A file ending .dlog not named by a time is not a
-segment: it is left alone, with a warning.
+being written, or torn by a crash) or does not decode as an entry. An erasure rewrites such a
+segment without everything from that frame on, whoever's entries it holds (`erase`). A file
+ending .dlog not named by a time is not a segment: it is left alone, with a warning.
 
 Retention drops whole segments, the newest too once its last entry is past the age bound: a
 writer checks, under the lock, that its segment still exists before appending to it, so it
@@ -56,6 +57,8 @@ SEGMENT_S = 3600.0
 SUFFIX = ".dlog"
 _tmp_names = itertools.count()
 _foreign: set[Path] = set()  # files warned of as not segments
+# what msgpack raises on bytes it did not pack, and unpacking them into an entry's three parts
+_UNREADABLE = (ValueError, TypeError, msgpack.UnpackException)
 
 
 def entry_size(entry: Entry) -> int:
@@ -164,7 +167,7 @@ class DirectoryLog:
         for k, segment in enumerate(segments):
             ends = _start(segments[k + 1]) if k + 1 < len(segments) else float("inf")
             if _start(segment) <= until and ends >= since:
-                yield from (e for e in self._entries(segment) if since <= e[0] <= until)
+                yield from (e for e in self._entries(segment)[0] if since <= e[0] <= until)
 
     def trim(self, before: float, max_bytes: int, orphan: bool = False,
              between_pages: Callable[[], object] | None = None) -> int:
@@ -210,10 +213,8 @@ class DirectoryLog:
 
     def _last(self, segment: Path) -> float:
         """The time of a segment's last whole entry (-inf if none)."""
-        last = -math.inf
-        for last, _, _ in self._entries(segment):
-            pass
-        return last
+        whole, _ = self._entries(segment)
+        return whole[-1][0] if whole else -math.inf
 
     def _remove(self) -> None:
         """Remove an orphan log's folder, its lock file gone and closed: on NFS a file removed
@@ -240,17 +241,28 @@ class DirectoryLog:
                 tmp.unlink()
 
     def erase(self, customer_ids: set[str]) -> int:
-        """Rewrite every segment that holds an entry of these customers without it."""
+        """Rewrite every segment that holds an entry of these customers without it, and every
+        segment that does not read to its end without what follows its last whole entry.
+        Those bytes (a torn tail, a damaged frame and the frames after it, which readers stop
+        before) cannot be checked for the ids, and README promises that after ForgetCustomer
+        the store holds none; nor do they hold anything the log promised to keep: a crash
+        loses what its writer had not yet written (README, "The decision log": the log is
+        not as durable as the journal, and no request waits for it), and no reader or export
+        sees an entry past them."""
         dropped = 0
         try:
-            with self._locked():
+            with self._locked():  # no append is under way: what does not read was left so
                 self._sweep()
                 for segment in self._segments():
-                    entries = list(self._entries(segment))
-                    kept = [e for e in entries if e[1] not in customer_ids]
-                    if len(kept) < len(entries):
+                    whole, stopped = self._entries(segment)
+                    kept = [e for e in whole if e[1] not in customer_ids]
+                    if stopped is not None:
+                        log.warning("decision log %s: erasure cuts segment %s at byte %d, "
+                                    "dropping what does not read as entries there",
+                                    self.dir.name, segment.name, stopped)
+                    if len(kept) < len(whole) or stopped is not None:
                         self._rewrite(segment, kept)
-                        dropped += len(entries) - len(kept)
+                        dropped += len(whole) - len(kept)
         except OSError as exc:
             raise StoreUnavailable(f"erasing from decision log {self.dir.name}: {exc}") from exc
         return dropped
@@ -279,25 +291,27 @@ class DirectoryLog:
         except OSError as exc:
             raise StoreUnavailable(f"listing decision log {self.dir.name}: {exc}") from exc
 
-    def _entries(self, segment: Path) -> Iterator[Entry]:
+    def _entries(self, segment: Path) -> tuple[list[Entry], int | None]:
+        """A segment's entries up to its first frame that is not whole or does not decode as
+        an entry, and the byte where that frame starts (None: the segment reads to its end;
+        a segment trimmed meanwhile reads as empty)."""
         try:
             data = segment.read_bytes()
-        except FileNotFoundError:  # trimmed meanwhile
-            return
+        except FileNotFoundError:
+            return [], None
         except OSError as exc:
             raise StoreUnavailable(f"reading decision log {self.dir.name}: {exc}") from exc
-        pos = 0
-        while pos + HEADER.size <= len(data):
-            size, crc = HEADER.unpack_from(data, pos)
-            payload = data[pos + HEADER.size:pos + HEADER.size + size]
-            if len(payload) < size or zlib.crc32(payload) != crc:
-                log.warning("decision log %s: segment %s ends in a frame that is not whole at "
-                            "byte %d (being written, or torn by a crash): read up to there",
-                            self.dir.name, segment.name, pos)
-                return
-            logged, customer_id, record = msgpack.unpackb(payload, raw=False)
-            yield logged, customer_id, record
-            pos += HEADER.size + size
+        whole, pos = [], 0
+        while pos < len(data):
+            entry = _entry(data, pos)
+            if entry is None:
+                log.warning("decision log %s: segment %s has a frame that is not whole at "
+                            "byte %d of %d (being written, torn by a crash, or damaged): read "
+                            "up to there", self.dir.name, segment.name, pos, len(data))
+                return whole, pos
+            whole.append(entry[0])
+            pos = entry[1]
+        return whole, None
 
     @contextmanager
     def _locked(self):
@@ -330,6 +344,24 @@ def directory_logs(root: Path) -> list[str]:
 def _frame(entry: Entry) -> bytes:
     payload = msgpack.packb(entry, use_bin_type=True)
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _entry(data: bytes, pos: int) -> tuple[Entry, int] | None:
+    """The entry of the frame at `pos` and where the frame ends, if the frame is whole, its
+    CRC holds and its payload unpacks as an entry (one whose CRC holds but that does not was
+    not written by `_frame`)."""
+    if pos + HEADER.size > len(data):
+        return None
+    size, crc = HEADER.unpack_from(data, pos)
+    end = pos + HEADER.size + size
+    payload = data[pos + HEADER.size:end]
+    if len(payload) < size or zlib.crc32(payload) != crc:
+        return None
+    try:
+        logged, customer_id, record = msgpack.unpackb(payload, raw=False)
+    except _UNREADABLE:
+        return None
+    return (logged, customer_id, record), end
 
 
 def _start(segment: Path) -> float:

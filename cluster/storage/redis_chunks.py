@@ -21,11 +21,11 @@ A snapshot whose stand-in is gone was removed (README, "Corruption"): it reads a
 its chunks go with the partition's next save.
 
 A save that fails between chunks deletes its own, and so does one whose switch the server
-refused (`switching`: fenced, out of memory; a snapshot's WATCH failing each of guarded's
-tries: meta's `_switch` looks again till it runs), but never a generation the header names
-(a partial EXEC's); one killed, or whose switch's reply was lost (it may have landed), leaves
-its chunks unreferenced, but listed: while
-it writes, each generation is in the sorted set `<prefix>:mp:<key>` and keeps
+refused (`switching`: fenced, out of memory; its WATCH failing each of its tries, a
+snapshot's guarded's, meta's SWITCH_TRIES in `_switch`: StoreUnavailable), but never a
+generation the header names (a partial EXEC's); one killed, or whose switch's reply was
+lost (it may have landed), leaves its chunks unreferenced, but listed: while it writes,
+each generation is in the sorted set `<prefix>:mp:<key>` and keeps
 `<prefix>:ma:<key>:<generation>` alive, a key each chunk sets to expire in STALE_S by the
 server's clock (the hosts' may differ). The key's next save first deletes the chunks of a
 generation still listed whose key expired and that the header does not name, once a ZREM of
@@ -75,6 +75,12 @@ MOST_VALUE_BYTES = 64 << 30
 MOST_CHUNKS = MOST_VALUE_BYTES // LEAST_CHUNK_BYTES
 STALE_S = 600.0  # a generation not written to for this long is a killed save's
 READ_TRIES = 3  # reads a chunk gone to a newer save starts over (then StoreUnavailable)
+# how many times meta's switch looks again at a header or pending set changed under its WATCH
+# (then StoreUnavailable): more than a journal write's (redis_journal.py SETTLE_TRIES), as
+# a switch given up discards what its save staged (up to the whole value, sent again by the
+# next save) where a try more costs a round trip; only saves of the same key (each changes
+# them a few times) and their sweeps change them
+SWITCH_TRIES = 8
 # how a switch fails that may have landed (its reply lost; the replicas not holding it in time
 # after it ran): its chunks, which a reader may then know, are left to the sweep
 MAYBE_LANDED = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
@@ -262,20 +268,21 @@ def _assemble(client: redis.Redis, value: Value, header: bytes) -> bytes | None:
 
 def _switch(client: redis.Redis, value: Value, new: bytes | Staged) -> None:
     """`switch` to `new` in one MULTI/EXEC under WATCH of the header and the pending
-    generations."""
-    while True:
-        with redis_replicas.pipeline(client) as tx:  # WAITed: a replica then holds the chunks
-            try:
-                tx.watch(value.key("h"), value.key("p"))
-                commands = switch(value, new, tx.get(value.key("h")),
-                                  tx.zrange(value.key("p"), 0, -1))
-                tx.multi()
-                for command in commands:
-                    tx.execute_command(*command)
-                tx.execute()
-                return
-            except redis.WatchError:
-                continue
+    generations, looked at again while they change before the EXEC (SWITCH_TRIES)."""
+    for _ in range(SWITCH_TRIES):
+        # WAITed: a replica then holds the chunks
+        with redis_replicas.pipeline(client) as tx, contextlib.suppress(redis.WatchError):
+            tx.watch(value.key("h"), value.key("p"))
+            commands = switch(value, new, tx.get(value.key("h")),
+                              tx.zrange(value.key("p"), 0, -1))
+            tx.multi()
+            for command in commands:
+                tx.execute_command(*command)
+            tx.execute()
+            return
+    raise StoreUnavailable(f"{_named(value)}: its header {value.key('h')} or pending "
+                           f"generations {value.key('p')} kept changing (other saves of it) "
+                           f"during each of {SWITCH_TRIES} tries to switch to this save")
 
 
 def every_key(client: redis.Redis, value: Value) -> list[str]:

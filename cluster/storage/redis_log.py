@@ -10,12 +10,18 @@ its scan ended, else a no-op sent then (`_no_op`), one a log. An erasure reaches
 the store (shard/decisionlog.py `_erase`): once a WAIT of its pass failed (`Pass`), the pass's
 later writes are sent without WAIT and fail with ReplicasBehind at once, so a pass with a
 replica away waits out REDIS_REPLICAS_WAIT_S once, not once a log.
+
+A member that does not decode as an entry (damaged, or not written by Kairos) is skipped by a
+read, with a warning, and removed by any erasure: it cannot be checked for the customers
+erased. Its size, unknown, is not subtracted from the log's count (the safe direction:
+`_remove`).
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import itertools
+import logging
 from typing import Callable, Iterator, TypeVar
 
 import msgpack
@@ -27,6 +33,7 @@ from kairos.cluster.storage.redis_errors import ERRORS, ReplicasBehind, unavaila
 from kairos.cluster.storage.redis_journal import REPLAY_PAGE
 from kairos.cluster.storage.store import StoreUnavailable
 
+log = logging.getLogger("kairos.store")
 T = TypeVar("T")
 
 
@@ -89,18 +96,26 @@ class RedisLog:
 
     def read(self, since: float, until: float) -> Iterator[Entry]:
         """In pages by score; the members at a page's last score are asked for again with
-        the next page and skipped (a round's entries share their time). A generator: its
-        pages' errors are mapped here, not where it is created."""
-        low, seen = since, set()
+        the next page and skipped (a round's entries share their time), as is a member that
+        does not decode (warned of once a read: an export reads page after page). A
+        generator: its pages' errors are mapped here, not where it is created."""
+        low, seen, warned = since, set(), False
         try:
             while True:
                 want = REPLAY_PAGE + len(seen)
                 page = self.r.zrangebyscore(self.key, low, until, start=0, num=want,
                                             withscores=True)
                 for member, score in page:
-                    if not (score == low and member in seen):
-                        customer_id, data, _ = msgpack.unpackb(member, raw=False)
-                        yield score, customer_id, data
+                    if score == low and member in seen:
+                        continue
+                    if (entry := _unpacked(member)) is not None:
+                        yield score, *entry
+                    elif not warned:
+                        warned = True
+                        log.warning("decision log %s: a member scored %r does not decode as "
+                                    "an entry (damaged, or not written by Kairos): skipped, "
+                                    "as any others this read meets; an erasure removes it",
+                                    self.key, score)
                 if len(page) < want:
                     return
                 last = page[-1][1]
@@ -135,10 +150,11 @@ class RedisLog:
     @unavailable("erasing from a decision log")
     def erase(self, customer_ids: set[str]) -> int:
         """ZSCAN's steps, these customers' members removed in pages (a member ZSCAN returns
-        twice is removed, and counted, once: `_remove`); a part of the erasure pass the
-        store's last listing of the logs began (the module's text)."""
+        twice is removed, and counted, once: `_remove`), and any member that does not decode
+        (counted too); a part of the erasure pass the store's last listing of the logs began
+        (the module's text)."""
         theirs = (member for member, _ in self.r.zscan_iter(self.key, count=REPLAY_PAGE)
-                  if msgpack.unpackb(member, raw=False)[0] in customer_ids)
+                  if self._erased(member, customer_ids))
         dropped, held = 0, False
         while page := list(itertools.islice(theirs, REPLAY_PAGE)):
             removed = self._remove(page, self._erasures)
@@ -149,6 +165,16 @@ class RedisLog:
         if not held and redis_replicas.REPLICAS:  # what the scan did not find (module's text)
             self._erasures.waiting(self._no_op, lambda: None)
         return dropped
+
+    def _erased(self, member: bytes, customer_ids: set[str]) -> bool:
+        """Whether an erasure of `customer_ids` removes `member`: one of theirs, or one that
+        cannot be checked (warned of: each goes once)."""
+        if (entry := _unpacked(member)) is not None:
+            return entry[0] in customer_ids
+        log.warning("decision log %s: a member of %d bytes does not decode as an entry "
+                    "(damaged, or not written by Kairos): removed by this erasure, as it "
+                    "cannot be checked for the customers erased", self.key, len(member))
+        return True
 
     def _no_op(self) -> None:
         """A replicated write that leaves nothing (a key set and deleted in one MULTI/EXEC:
@@ -239,5 +265,18 @@ def _reaching(members: list[bytes], excess: int) -> list[bytes]:
 
 
 def _member_size(member: bytes) -> int:
-    customer_id, data, _ = msgpack.unpackb(member, raw=False)
-    return entry_size((0.0, customer_id, data))
+    """What `append` counted for `member`; 0 for one that does not decode, whose count is
+    unknown (the module's text)."""
+    entry = _unpacked(member)
+    return 0 if entry is None else entry_size((0.0, *entry))
+
+
+def _unpacked(member: bytes) -> tuple[str, bytes] | None:
+    """(customer id, record) of a member `append` wrote; None for one that does not decode
+    as that."""
+    try:
+        customer_id, data, _ = msgpack.unpackb(member, raw=False)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+    return (customer_id, data) if isinstance(customer_id, str) and isinstance(data, bytes) \
+        else None

@@ -58,9 +58,11 @@ from kairos.cluster.storage import (lsn_records, redis_aof, redis_chunks, redis_
 from kairos.cluster.storage.ownership import LEASE_S
 from kairos.cluster.storage.redis_config import check_parameters
 from kairos.cluster.storage.redis_errors import unavailable
-from kairos.cluster.storage.redis_journal import RedisJournal, RedisReader, guarded, owns
+from kairos.cluster.storage.redis_journal import (SETTLE_TRIES, RedisJournal, RedisReader,
+                                                  guarded, owns)
 from kairos.cluster.storage.redis_log import Pass, RedisLog
-from kairos.cluster.storage.store import JournalDisowned, JournalFenced, StoreInUse, redact
+from kairos.cluster.storage.store import (JournalDisowned, JournalFenced, StoreCorrupt,
+                                         StoreInUse, StoreUnavailable, redact)
 
 log = logging.getLogger("kairos.store")
 PIPELINE_BYTES = 16 << 20  # a write to Redis ends with the item that brings its data to this
@@ -69,6 +71,21 @@ T = TypeVar("T")
 # the file holding the store's password, read by each process that opens the store
 # (providers.with_password_file): a mounted Secret on Kubernetes, on every Ray node
 STORE_PASSWORD_FILE_ENV = "KAIROS_STORE_PASSWORD_FILE"
+
+
+def _lease(key: str, held: bytes) -> tuple[str, str]:
+    """(owner, holder) of the lease `claim` wrote at `key`; StoreCorrupt for what does not
+    decode as one."""
+    try:
+        owner, holder, _ = msgpack.unpackb(held, raw=False)
+        if isinstance(owner, str) and isinstance(holder, str):
+            return owner, holder
+        why = "no owner and holder in it"
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        why = str(exc) or type(exc).__name__
+    raise StoreCorrupt(f"redis: the lease at {key} does not decode ({why}): not what a Kairos "
+                       f"controller writes; once an operator has looked, deleting the key lets "
+                       f"a cluster claim the store")
 
 
 def _chunks(items: Iterable[T], size: Callable[[T], int]) -> Iterator[list[T]]:
@@ -295,41 +312,51 @@ class RedisStore:
     def claim(self, owner: str, holder: str) -> None:
         """A lease: `<prefix>:owner`, msgpack of the owner, `holder` and a count that every
         claim changes, set for LEASE_S (ownership.py renews it) under WATCH, unless another
-        owner's is there (StoreInUse, with that lease)."""
+        owner's is there (StoreInUse, with that lease). Looked at again while the key
+        changes before the EXEC (claimed, renewed, released or run out meanwhile), up to
+        SETTLE_TRIES times, then StoreUnavailable: Kairos writes it once every RENEW_S or
+        so, so a key that changed within each of those round trips has a writer that is
+        not a controller's, for an operator to see (a renewal tries again RENEW_S later).
+
+        A lease that does not decode is StoreCorrupt, and nothing is written: it may be
+        another cluster's, damaged, and set over it two clusters would write to one store.
+        One damaged in place runs out within LEASE_S, and a claim then takes the store; one
+        written outside Kairos without an expiry stays until an operator deletes the key."""
         key = f"{self.prefix}:owner"
         lease = msgpack.packb([owner, holder, next(_claims)])
-        while True:
-            with redis_replicas.pipeline(self.r) as tx:
-                try:
-                    tx.watch(key)
-                    held = tx.get(key)
-                    if held is not None:
-                        held_by, held_as, _ = msgpack.unpackb(held, raw=False)
-                        if held_by != owner:
-                            raise StoreInUse.of(self.url, held_as, held)
-                    tx.multi()
-                    tx.set(key, lease, px=round(LEASE_S * 1000))
-                    tx.execute()
-                    return
-                except redis.WatchError:
-                    continue  # claimed, renewed or released meanwhile: looked at again
+        for _ in range(SETTLE_TRIES):
+            with redis_replicas.pipeline(self.r) as tx, contextlib.suppress(redis.WatchError):
+                tx.watch(key)
+                held = tx.get(key)
+                if held is not None:
+                    held_by, held_as = _lease(key, held)
+                    if held_by != owner:
+                        raise StoreInUse.of(self.url, held_as, held)
+                tx.multi()
+                tx.set(key, lease, px=round(LEASE_S * 1000))
+                tx.execute()
+                return
+        raise StoreUnavailable(f"redis: claiming the store: {key} kept changing (claimed, "
+                               f"renewed or released by another) during each of "
+                               f"{SETTLE_TRIES} tries")
 
     @unavailable("releasing the store")
     def release(self, owner: str) -> None:
+        """Delete the lease if it is `owner`'s; StoreCorrupt for one that does not decode
+        (`claim`), left as it is."""
         key = f"{self.prefix}:owner"
         with redis_replicas.pipeline(self.r) as tx, contextlib.suppress(redis.WatchError):
             tx.watch(key)
             held = tx.get(key)
-            if held is not None and msgpack.unpackb(held, raw=False)[0] == owner:
+            if held is not None and _lease(key, held)[0] == owner:
                 tx.multi()
                 tx.delete(key)
                 tx.execute()
 
     @unavailable("reading the claim on the store")
     def claimed_by(self) -> tuple[str, str] | None:
-        """The lease `claim` set, while it has not run out: a GET, nothing written."""
-        held = self.r.get(f"{self.prefix}:owner")
-        if held is None:
-            return None
-        owner, holder, _ = msgpack.unpackb(held, raw=False)
-        return owner, holder
+        """The lease `claim` set, while it has not run out: a GET, nothing written.
+        StoreCorrupt for one that does not decode (`claim`)."""
+        key = f"{self.prefix}:owner"
+        held = self.r.get(key)
+        return None if held is None else _lease(key, held)
