@@ -19,9 +19,12 @@ lock orders appends, trims and erasures across processes; an erasure rewrites a 
 temporary file and renames it into place, and the appender reopens the segment by name for
 each batch, so it never writes to a file an erasure replaced. Readers take no lock: they see a
 segment before or after a rewrite, and stop a segment at a frame that is not whole (the tail
-being written, or torn by a crash) or does not decode as an entry. An erasure rewrites such a
-segment without everything from that frame on, whoever's entries it holds (`erase`). A file
-ending .dlog not named by a time is not a segment: it is left alone, with a warning.
+being written, or torn by a crash, or damaged: its CRC fails). An erasure rewrites such a
+segment without everything from that frame on, whoever's entries it holds (`erase`). A whole
+frame whose CRC holds but that does not decode as an entry (a newer Kairos's, as the journal
+keeps a newer format's batches) is skipped by readers and kept whole by erasures, with a
+warning. A file ending .dlog not named by a time is not a segment: it is left alone, with a
+warning.
 
 Retention drops whole segments, the newest too once its last entry is past the age bound: a
 writer checks, under the lock, that its segment still exists before appending to it, so it
@@ -59,6 +62,7 @@ _tmp_names = itertools.count()
 _foreign: set[Path] = set()  # files warned of as not segments
 # what msgpack raises on bytes it did not pack, and unpacking them into an entry's three parts
 _UNREADABLE = (ValueError, TypeError, msgpack.UnpackException)
+Frame = Entry | bytes  # a segment's frame as read: its entry, or its bytes (one kept whole)
 
 
 def entry_size(entry: Entry) -> int:
@@ -167,7 +171,8 @@ class DirectoryLog:
         for k, segment in enumerate(segments):
             ends = _start(segments[k + 1]) if k + 1 < len(segments) else float("inf")
             if _start(segment) <= until and ends >= since:
-                yield from (e for e in self._entries(segment)[0] if since <= e[0] <= until)
+                yield from (e for e in self._entries(segment)[0]
+                            if not isinstance(e, bytes) and since <= e[0] <= until)
 
     def trim(self, before: float, max_bytes: int, orphan: bool = False,
              between_pages: Callable[[], object] | None = None) -> int:
@@ -213,7 +218,7 @@ class DirectoryLog:
 
     def _last(self, segment: Path) -> float:
         """The time of a segment's last whole entry (-inf if none)."""
-        whole, _ = self._entries(segment)
+        whole = [e for e in self._entries(segment)[0] if not isinstance(e, bytes)]
         return whole[-1][0] if whole else -math.inf
 
     def _remove(self) -> None:
@@ -242,7 +247,7 @@ class DirectoryLog:
 
     def erase(self, customer_ids: set[str]) -> int:
         """Rewrite every segment that holds an entry of these customers without it, and every
-        segment that does not read to its end without what follows its last whole entry.
+        segment that does not read to its end without what follows its last whole frame.
         Those bytes (a torn tail, a damaged frame and the frames after it, which readers stop
         before) cannot be checked for the ids, and README promises that after ForgetCustomer
         the store holds none; nor do they hold anything the log promised to keep: a crash
@@ -255,7 +260,7 @@ class DirectoryLog:
                 self._sweep()
                 for segment in self._segments():
                     whole, stopped = self._entries(segment)
-                    kept = [e for e in whole if e[1] not in customer_ids]
+                    kept = [e for e in whole if isinstance(e, bytes) or e[1] not in customer_ids]
                     if stopped is not None:
                         log.warning("decision log %s: erasure cuts segment %s at byte %d, "
                                     "dropping what does not read as entries there",
@@ -270,12 +275,12 @@ class DirectoryLog:
     def size(self) -> int:
         return sum(s.stat().st_size for s in self._segments())
 
-    def _rewrite(self, segment: Path, entries: list[Entry]) -> None:
+    def _rewrite(self, segment: Path, entries: list[Frame]) -> None:
         tmp = segment.with_name(f"{segment.name}.{os.getpid()}.{next(_tmp_names)}.tmp")
         try:
             with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE),
                            "wb") as f:
-                f.write(b"".join(_frame(e) for e in entries))
+                f.write(b"".join(e if isinstance(e, bytes) else _frame(e) for e in entries))
                 f.flush()
                 os.fsync(f.fileno())  # an erasure is durable whatever the policy
             os.replace(tmp, segment)
@@ -291,26 +296,31 @@ class DirectoryLog:
         except OSError as exc:
             raise StoreUnavailable(f"listing decision log {self.dir.name}: {exc}") from exc
 
-    def _entries(self, segment: Path) -> tuple[list[Entry], int | None]:
-        """A segment's entries up to its first frame that is not whole or does not decode as
-        an entry, and the byte where that frame starts (None: the segment reads to its end;
-        a segment trimmed meanwhile reads as empty)."""
+    def _entries(self, segment: Path) -> tuple[list[Frame], int | None]:
+        """A segment's frames up to its first that is not whole (`_entry`), and the byte where
+        that one starts (None: the segment reads to its end; a segment trimmed meanwhile reads
+        as empty)."""
         try:
             data = segment.read_bytes()
         except FileNotFoundError:
             return [], None
         except OSError as exc:
             raise StoreUnavailable(f"reading decision log {self.dir.name}: {exc}") from exc
-        whole, pos = [], 0
+        whole, pos, foreign = [], 0, 0
         while pos < len(data):
-            entry = _entry(data, pos)
-            if entry is None:
+            if (frame := _entry(data, pos)) is None:
                 log.warning("decision log %s: segment %s has a frame that is not whole at "
                             "byte %d of %d (being written, torn by a crash, or damaged): read "
                             "up to there", self.dir.name, segment.name, pos, len(data))
                 return whole, pos
-            whole.append(entry[0])
-            pos = entry[1]
+            entry, end = frame
+            whole.append(data[pos:end] if entry is None else entry)
+            foreign += entry is None
+            pos = end
+        if foreign:
+            log.warning("decision log %s: segment %s has %d whole frames that do not decode as "
+                        "entries (a newer Kairos's?): skipped, and kept", self.dir.name,
+                        segment.name, foreign)
         return whole, None
 
     @contextmanager
@@ -346,10 +356,9 @@ def _frame(entry: Entry) -> bytes:
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def _entry(data: bytes, pos: int) -> tuple[Entry, int] | None:
-    """The entry of the frame at `pos` and where the frame ends, if the frame is whole, its
-    CRC holds and its payload unpacks as an entry (one whose CRC holds but that does not was
-    not written by `_frame`)."""
+def _entry(data: bytes, pos: int) -> tuple[Entry | None, int] | None:
+    """The frame at `pos`, if it is whole and its CRC holds: its entry (None for one that
+    does not decode as an entry `_frame` wrote) and where it ends."""
     if pos + HEADER.size > len(data):
         return None
     size, crc = HEADER.unpack_from(data, pos)
@@ -360,8 +369,17 @@ def _entry(data: bytes, pos: int) -> tuple[Entry, int] | None:
     try:
         logged, customer_id, record = msgpack.unpackb(payload, raw=False)
     except _UNREADABLE:
-        return None
-    return (logged, customer_id, record), end
+        return None, end
+    return checked_entry(logged, customer_id, record), end
+
+
+def checked_entry(logged: object, customer_id: object, record: object) -> Entry | None:
+    """An entry from what a store held, if its parts have an entry's types (a time, a
+    customer id, a packed record); else None: not an entry `append` wrote."""
+    if isinstance(logged, (int, float)) and not isinstance(logged, bool) and \
+            isinstance(customer_id, str) and isinstance(record, bytes):
+        return logged, customer_id, record
+    return None
 
 
 def _start(segment: Path) -> float:

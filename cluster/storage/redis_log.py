@@ -11,10 +11,12 @@ the store (shard/decisionlog.py `_erase`): once a WAIT of its pass failed (`Pass
 later writes are sent without WAIT and fail with ReplicasBehind at once, so a pass with a
 replica away waits out REDIS_REPLICAS_WAIT_S once, not once a log.
 
-A member that does not decode as an entry (damaged, or not written by Kairos) is skipped by a
-read, with a warning, and removed by any erasure: it cannot be checked for the customers
-erased. Its size, unknown, is not subtracted from the log's count (the safe direction:
-`_remove`).
+A member that msgpack does not decode (damaged: Redis keeps no checksum, and every Kairos packs
+members so) is skipped by a read, with a warning, and removed by any erasure: it cannot be
+checked for the customers erased. One that decodes as something other than an entry (a newer
+Kairos's, as the journal keeps a newer format's batches) is skipped by reads and kept by
+erasures, with a warning. Neither one's size, unknown, is subtracted from the log's count (the
+safe direction: `_remove`).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import msgpack
 import redis
 
 from kairos.cluster.storage import redis_aof, redis_replicas
-from kairos.cluster.storage.decision_logs import Entry, entry_size
+from kairos.cluster.storage.decision_logs import Entry, checked_entry, entry_size
 from kairos.cluster.storage.redis_errors import ERRORS, ReplicasBehind, unavailable
 from kairos.cluster.storage.redis_journal import REPLAY_PAGE
 from kairos.cluster.storage.store import StoreUnavailable
@@ -108,14 +110,13 @@ class RedisLog:
                 for member, score in page:
                     if score == low and member in seen:
                         continue
-                    if (entry := _unpacked(member)) is not None:
+                    if isinstance(entry := _unpacked(member), tuple):
                         yield score, *entry
                     elif not warned:
                         warned = True
-                        log.warning("decision log %s: a member scored %r does not decode as "
-                                    "an entry (damaged, or not written by Kairos): skipped, "
-                                    "as any others this read meets; an erasure removes it",
-                                    self.key, score)
+                        log.warning("decision log %s: a member scored %r is not an entry "
+                                    "(%s): skipped, as any others this read meets", self.key,
+                                    score, entry)
                 if len(page) < want:
                     return
                 last = page[-1][1]
@@ -150,7 +151,7 @@ class RedisLog:
     @unavailable("erasing from a decision log")
     def erase(self, customer_ids: set[str]) -> int:
         """ZSCAN's steps, these customers' members removed in pages (a member ZSCAN returns
-        twice is removed, and counted, once: `_remove`), and any member that does not decode
+        twice is removed, and counted, once: `_remove`), and any member msgpack does not decode
         (counted too); a part of the erasure pass the store's last listing of the logs began
         (the module's text)."""
         theirs = (member for member, _ in self.r.zscan_iter(self.key, count=REPLAY_PAGE)
@@ -167,14 +168,14 @@ class RedisLog:
         return dropped
 
     def _erased(self, member: bytes, customer_ids: set[str]) -> bool:
-        """Whether an erasure of `customer_ids` removes `member`: one of theirs, or one that
-        cannot be checked (warned of: each goes once)."""
-        if (entry := _unpacked(member)) is not None:
+        """Whether an erasure of `customer_ids` removes `member`: one of theirs, or a damaged
+        one, which cannot be checked (warned of, as is a newer Kairos's, kept)."""
+        if isinstance(entry := _unpacked(member), tuple):
             return entry[0] in customer_ids
-        log.warning("decision log %s: a member of %d bytes does not decode as an entry "
-                    "(damaged, or not written by Kairos): removed by this erasure, as it "
-                    "cannot be checked for the customers erased", self.key, len(member))
-        return True
+        log.warning("decision log %s: a member of %d bytes is not an entry (%s): %s by this "
+                    "erasure", self.key, len(member), entry,
+                    "removed" if entry is DAMAGED else "kept")
+        return entry is DAMAGED
 
     def _no_op(self) -> None:
         """A replicated write that leaves nothing (a key set and deleted in one MULTI/EXEC:
@@ -265,18 +266,23 @@ def _reaching(members: list[bytes], excess: int) -> list[bytes]:
 
 
 def _member_size(member: bytes) -> int:
-    """What `append` counted for `member`; 0 for one that does not decode, whose count is
-    unknown (the module's text)."""
+    """What `append` counted for `member`; 0 for one not an entry, whose count is unknown
+    (the module's text)."""
     entry = _unpacked(member)
-    return 0 if entry is None else entry_size((0.0, *entry))
+    return entry_size((0.0, *entry)) if isinstance(entry, tuple) else 0
 
 
-def _unpacked(member: bytes) -> tuple[str, bytes] | None:
-    """(customer id, record) of a member `append` wrote; None for one that does not decode
-    as that."""
+DAMAGED = "damaged: msgpack does not decode it"
+FOREIGN = "it decodes as no entry this Kairos writes (a newer one's?)"
+
+
+def _unpacked(member: bytes) -> tuple[str, bytes] | str:
+    """(customer id, record) of a member `append` wrote; else why not: DAMAGED or FOREIGN."""
     try:
-        customer_id, data, _ = msgpack.unpackb(member, raw=False)
+        fields = msgpack.unpackb(member, raw=False)
     except (ValueError, TypeError, msgpack.UnpackException):
-        return None
-    return (customer_id, data) if isinstance(customer_id, str) and isinstance(data, bytes) \
-        else None
+        return DAMAGED
+    if isinstance(fields, list) and len(fields) == 3 and \
+            (entry := checked_entry(0.0, fields[0], fields[1])) is not None:
+        return entry[1:]
+    return FOREIGN
