@@ -35,6 +35,12 @@ class Unavailable(Exception):
     taken effect."""
 
 
+class ShardUnavailable(Unavailable):
+    """The shard answered, but failed the request: its own UNAVAILABLE reply (recovering from
+    the store, its journal or a round failed, the customer's home is damaged), or an error
+    its data plane answered for the batch."""
+
+
 def said(exc: BaseException) -> str:
     """What an error raised on the other side tells a client: through Ray, the raised error's
     own message (`cause`), not the RayTaskError's, which adds the raising process's traceback,

@@ -41,7 +41,7 @@ from kairos.cluster.protocol import (Decide, Event, EventAck, Outcome, ReadProfi
                                      Request, WatchCustomer, route_key)
 from kairos.cluster.settings import (CLIENT_INFLIGHT_CALLS, CLIENT_QUEUE_LIMIT,
                                      CLIENT_REROUTE_S, CLIENT_REROUTES, LONG_POLL_S)
-from kairos.cluster.transport.backend import Backend, NotSent, Unavailable
+from kairos.cluster.transport.backend import Backend, NotSent, ShardUnavailable, Unavailable
 from kairos.cluster.transport.batching import Batching
 from kairos.cluster.transport.lanes import Call, EarlierFailed, Failed, Item, Lane, Undelivered
 from kairos.cluster.transport.links import ShardLink
@@ -51,12 +51,6 @@ log = logging.getLogger("kairos.client")
 MAX_REDIRECTS = 20  # a request MOVED this many times in a row fails as Unavailable
 HELD = "a move that a shard did not settle"  # waits for it: apart from its shard's (_wait)
 _DONE = (protocol.Ok, protocol.EventAck, protocol.Forgotten)  # the replies that mean done
-
-
-class ShardUnavailable(Unavailable):
-    """The shard answered, but failed the request: its own UNAVAILABLE reply (recovering from
-    the store, its journal or a round failed, the customer's home is damaged), or an error
-    its data plane answered for the batch."""
 
 
 class Busy(Exception):

@@ -5,16 +5,17 @@ time, for tests that interleave a link's with a forget's. A part of KairosClient
 which routes and settles the requests (`_ask`, `_value`)."""
 from __future__ import annotations
 
+import itertools
 from typing import AsyncIterator
 
 from kairos.cluster.identity import (ANONYMOUS, NAMES_ANOTHER, alias_key, anonymous_id,
                                      check_linkable, link_id)
 from kairos.cluster.protocol import (Bury, Claim, Conflict, Forget, Forgotten, Link, Merge,
                                      Merged, Resolve, Retire, Settle, Take, Unclaim)
-from kairos.cluster.transport.backend import Unavailable
+from kairos.cluster.transport.backend import ShardUnavailable
 
 # An anonymous profile is handed over by one link, settled by the first round of `_forget_first`:
-# an answer of MERGED after that many rounds is a step that keeps failing, not work to wait on
+# MERGED again after that many rounds is a step that keeps failing, not work to wait on
 FORGET_MERGES = 4
 
 
@@ -83,9 +84,13 @@ class IdentitySagas:
         the link's Merge came first (this Merge found the link bound: the Merge answers
         whether it bound it), not if this one did (nothing reached the customer)."""
         forget, bound_empty = Forget(customer_id=customer_id), set()
-        for _ in range(FORGET_MERGES):
+        for rounds in itertools.count():
             if not isinstance(reply := await self.enqueue(forget), Merged):
                 break
+            if rounds == FORGET_MERGES:  # retried, the saga takes this step up again
+                raise ShardUnavailable(f"the forget's shard answered {rounds + 1} times that a "
+                                       f"link handed the profile over, though each was merged "
+                                       f"and settled: retry the forget")
             key = customer_id[len(ANONYMOUS):]
             link = link_id(key, reply.customer_id)
             merge = Merge(customer_id=reply.customer_id, link=link, key=key)
@@ -94,10 +99,6 @@ class IdentitySagas:
                 if (await self.settle(merge, merged)).value is True:  # it bound the link
                     bound_empty.add(reply.customer_id)
             await self._ask(Settle(anonymous=customer_id, link=link))
-        else:  # the forget's first step is not done: retried, the saga takes it up again
-            raise Unavailable(f"the forget's shard answered {FORGET_MERGES} times that a link "
-                              f"handed the profile over, though each was merged and settled: "
-                              f"retry the forget")
         forgotten = await self.settle(forget, reply)
         if forgotten.merged_into in bound_empty:
             # this Merge bound the link, folding nothing: the link's own, late, folds nothing

@@ -1,7 +1,7 @@
 """A forget whose first step keeps being answered MERGED (a link's hand-over that each merge and
-settle should end, but does not: a shard failing that step) fails as Unavailable, to be
-retried, after FORGET_MERGES rounds, instead of looping for as long as the shard answers so.
-LocalBackend, no Ray."""
+settle should end, but does not: a shard failing that step) fails as ShardUnavailable, to be
+retried, once FORGET_MERGES rounds did not end it, instead of looping for as long as the shard
+answers so. LocalBackend, no Ray."""
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +10,7 @@ import pytest
 
 from kairos.cluster import protocol
 from kairos.cluster.transport import sagas
-from kairos.cluster.transport.backend import Unavailable
+from kairos.cluster.transport.backend import ShardUnavailable
 from kairos.cluster.transport.client import KairosClient
 
 from tests.support.local_backend import LocalBackend
@@ -35,9 +35,9 @@ def test_a_forget_answered_merged_each_round_fails_unavailable_after_its_rounds(
         backend = KeepsMerged()
         await backend.start_runtime(1, n_partitions=8)
         client = await KairosClient(backend).connect()
-        with pytest.raises(Unavailable, match="retry the forget"):
+        with pytest.raises(ShardUnavailable, match="retry the forget"):
             await asyncio.wait_for(client.forget("~cookie:a"), 10)
-        assert backend.forgets == sagas.FORGET_MERGES
+        assert backend.forgets == sagas.FORGET_MERGES + 1  # the last merge's Forget sent too
         await client.close()
 
     asyncio.run(main())
