@@ -65,7 +65,7 @@ class CustomerRequests:
         self._keys = keys
         self._labels = labels
         self._seal = seal
-        self._rate = OutcomeRate(steady)
+        self._rate = OutcomeRate(steady, directory.secret)
         self._journaling = journaling
         self._watches = watches
         self.by_channel: Counter = Counter()  # decisions per channel
@@ -199,10 +199,12 @@ class CustomerRequests:
     def decisions(self, batch: list[Decide], touched: dict[str, float]) -> list[Reply]:
         """Decide; with `record_impression`, what was shown is recorded at once (and
         journaled as impression outcomes). A customer nobody has seen gets a decision on an
-        empty profile, which is then dropped: only recording an impression creates one. A
+        empty profile, which is then dropped: only an impression recorded creates one (not a
+        decision that showed nothing, whose `record_impression` records nothing). A
         preview (not `log`) is neither logged nor counted per channel and group: nobody was
         shown it on that channel, and replay would count it as a decision that earned
-        nothing. One reached after its `expires` is not decided (protocol.Decide)."""
+        nothing; nor does its id, sealed as a preview's, take outcomes (outcomes.py). One
+        reached after its `expires` is not decided (protocol.Decide)."""
         engine = self._ctx.engine
         replies: list[Reply | None] = [None] * len(batch)
         encoded, where, explain = [], [], []
@@ -219,21 +221,25 @@ class CustomerRequests:
             except InputError as exc:
                 replies[i] = Invalid(field=exc.field, reason=exc.reason)
                 continue
-            if not self._residency.activate(d.customer_id, d.partition,
-                                            create=bool(d.record_impression)):
+            if not self._residency.activate(d.customer_id, d.partition, create=False):
                 unseen.add(d.customer_id)
             where.append(i)
             explain.append(bool(d.explain))
         shown = []
         for i, request, decision in zip(where, encoded, engine.decide_encoded(encoded, explain)):
-            replies[i] = Ok(value=self._seal.seal(decision))  # outcomes name the sealed id
+            preview = batch[i].log is False  # only an explicit preview goes unlogged
+            # outcomes name the sealed id; a preview's takes none (outcomes.py)
+            replies[i] = Ok(value=self._seal.seal(decision, preview))
             sealed_id = replies[i].value.decision_id
-            if batch[i].log is not False:  # only an explicit preview goes unlogged
+            if not preview:
                 self._log.decided(decision, sealed_id, request.now, batch[i].context)
                 self.by_channel[decision.channel] += 1
                 for action in decision.actions:
                     self.by_group[action.group] += 1
-            if batch[i].record_impression:
+            if batch[i].record_impression and decision.actions:
+                if decision.customer_id in unseen:  # its history begins: it is kept
+                    self._residency.activate(decision.customer_id, batch[i].partition,
+                                             stored=False)
                 for a in decision.actions:
                     shown.append((decision.customer_id, a.action_id, decision.channel,
                                   "impression", request.now, decision.decision_id))

@@ -252,3 +252,9 @@ class IdempotencyKeys:
 
     def drop(self, customer_id: str, evicted: bool) -> None:
         self._keys.pop(customer_id, None)
+        if evicted:
+            # lookups waiting for a remember name their customer and key (ForgetCustomer
+            # erases both from memory at once): all of them go, not a search of PENDING_DIGESTS
+            # per eviction. They serve the handler call that made them, which no eviction
+            # interrupts (a remember that finds none digests its key again)
+            self._pending.clear()

@@ -8,12 +8,17 @@ secret every shard reads from the store (created once, before the first shard st
 first MAC is checked first, so a forger guesses one MAC per Respond for each id the decision
 may have been issued to (the customer, and the anonymous ids of its links and merged aliases:
 customers.py `_issued_to`), whatever the id's length (checking the action's tag alone, an id of a
-thousand made-up tags was a thousand guesses). So
+thousand made-up tags was a thousand guesses). A preview's (protocol.Decide's `log` False:
+GetProfile's decision for a channel its caller does not show) first MAC covers PREVIEW_MARK as
+well, a decision's nothing more, as before previews were marked (so ids already issued still
+open: previews issued before, as decisions): shown to nobody, a preview takes no outcome, and
+without the secret its mark cannot be taken off. So
 any shard can check an outcome without keeping anything per decision: after restarts,
 passivation and moves, and for a customer that has no profile yet (a Decide creates none). An
-outcome naming a made-up id, another customer's decision, an action the decision did not show,
-another channel, a decision issued more than OUTCOME_WINDOW_S ago, or one issued before its
-customer was forgotten (customers.py) is refused (INVALID_ARGUMENT) and changes nothing. A
+outcome naming a made-up id, a preview, another customer's decision, an action the decision did
+not show, another channel, a decision issued more than OUTCOME_WINDOW_S ago, or one issued
+before its customer was forgotten (customers.py) is refused (INVALID_ARGUMENT) and changes
+nothing. A
 customer's outcomes past OUTCOMES_PER_CUSTOMER within any OUTCOME_RATE_WINDOW_S (a sliding
 window, counted by each shard process: `OutcomeRate`) are refused (RESOURCE_EXHAUSTED), so
 even a real decision replayed over and over steers the models at that rate at most; refused
@@ -65,6 +70,10 @@ RATE_REFUSAL = "outcomes for this customer within"  # in why one is refused (loa
 # why an outcome is refused whose decision none of the ids tried was issued (the gateway
 # sends a Respond by an anonymous id refused so again as its alias: requests.retried_as_alias)
 NOT_ISSUED = "no decision issued to this customer showed"
+# what a preview's MAC over the whole decision covers in place of a decision's empty action
+PREVIEW_MARK = "preview"
+PREVIEWED = ("a preview (GetProfile's decision for a channel its caller does not show), shown "
+             "to nobody: it takes no outcomes")
 # customers that left the rate's window dropped per outcome at most: a call adds one at most,
 # so they drain, and none drops a burst of customers on the loop at once
 RATE_DROPPED_PER_CALL = 4
@@ -90,20 +99,22 @@ class DecisionSeal:
         self._keyed = hashlib.blake2b(key=secret, digest_size=TAG_BYTES)
         self._clock = clock
 
-    def seal(self, decision: Decision) -> Decision:
-        """The decision, its id sealed: `<engine id>.<issued, hex s>.<MAC><a tag per action>`."""
+    def seal(self, decision: Decision, preview: bool = False) -> Decision:
+        """The decision, its id sealed: `<engine id>.<issued, hex s>.<MAC><a tag per action>`;
+        a `preview`'s MAC marked so (module doc)."""
         issued = f"{int(self._clock()):x}"
         shared = (decision.customer_id, decision.decision_id, issued, decision.channel)
         signer = self._signer(*shared)
         tags = "".join([_tag(signer, a.action_id) for a in decision.actions])
-        whole = _tag(self._signer(*shared, tags), "")
+        whole = _tag(self._signer(*shared, tags), PREVIEW_MARK if preview else "")
         return _with_id(decision, f"{decision.decision_id}.{issued}.{whole}{tags}")
 
     def opened(self, issued_to: Iterable[str], decision_id: str, channel: str,
                action_id: str) -> tuple[str, str, int]:
         """The engine's id of a sealed decision that showed `action_id` on `channel` to one of
         the customers `issued_to` within OUTCOME_WINDOW_S, that customer, and when it was
-        issued (a whole second, rounded down); InputError naming `decision_id` otherwise."""
+        issued (a whole second, rounded down); InputError naming `decision_id` otherwise (a
+        preview's says so)."""
         try:
             engine_id, issued, when, sealed = _parts(decision_id)
         except ValueError:
@@ -114,7 +125,10 @@ class DecisionSeal:
         whole, tags = sealed[:TAG_CHARS], sealed[TAG_CHARS:]
         for customer_id in issued_to:
             shared = (customer_id, engine_id, issued, channel)
-            if not hmac.compare_digest(whole, _tag(self._signer(*shared, tags), "")):
+            signer = self._signer(*shared, tags)
+            if not hmac.compare_digest(whole, _tag(signer, "")):
+                if hmac.compare_digest(whole, _tag(signer, PREVIEW_MARK)):
+                    raise InputError("decision_id", PREVIEWED)
                 continue
             tag = _tag(self._signer(*shared), action_id)
             if any(hmac.compare_digest(tag, tags[i:i + TAG_CHARS])
@@ -126,7 +140,8 @@ class DecisionSeal:
         """A keyed BLAKE2b over what every tag of a decision shares (the customer, the engine's
         id, the time issued, the channel; and for the MAC over the whole, the tags), to be
         copied for each action (packed with msgpack, so no two different inputs read the
-        same: the action's bytes follow a complete array, of four strings or five)."""
+        same: the action's bytes, or the whole's mark, follow a complete array, of four
+        strings or five)."""
         signer = self._keyed.copy()
         signer.update(_packb(shared))
         return signer
@@ -177,13 +192,21 @@ class OutcomeRate:
     every customer of a burst held the shard's loop: a million, a second), and counts no time
     that left the window. Per shard process: a restart or a partition's move starts them
     again. Timed by `steady`, a monotonic clock (the Shard's `steady`): on the wall clock a
-    step forward let twice the limit through, one back held refusals for its length."""
+    step forward let twice the limit through, one back held refusals for its length.
+    Customers are counted under a keyed digest of their id (`_named`), not the id, so nothing
+    that erases a customer (ForgetCustomer: from memory at once) leaves its id here, where it
+    stayed until drained (the digest: 0.4 us an outcome, and 16 bytes, where the id took its
+    length)."""
 
-    def __init__(self, steady: Callable[[], float]):
+    def __init__(self, steady: Callable[[], float], secret: bytes):
+        """`secret`: the cluster's (any would do: no digest leaves the process)."""
         self._clock = steady
+        # keyed once, as DecisionSeal's: each digest starts from a copy
+        self._keyed = hashlib.blake2b(key=secret, digest_size=16, person=b"kairos-rate")
         self._now = -math.inf  # the latest time read: a test's clock stepped back counts from it
-        # a customer's counted times, ascending; customers by their latest, the oldest first
-        self._times: OrderedDict[str, float | array] = OrderedDict()
+        # a customer's counted times, ascending, under `_named`; customers by their latest, the
+        # oldest first
+        self._times: OrderedDict[bytes, float | array] = OrderedDict()
 
     def refusal(self, customer_id: str) -> str | None:
         """Count one outcome of the customer (None); past its limit, why it is refused (not
@@ -195,7 +218,8 @@ class OutcomeRate:
         while drops and kept and _latest(next(iter(kept.values()))) <= since:
             kept.popitem(last=False)
             drops -= 1
-        times = kept.get(customer_id, ())
+        customer = self._named(customer_id)
+        times = kept.get(customer, ())
         if isinstance(times, float):
             times = (times,)
         left = bisect_right(times, since)  # those that left the window, ignored
@@ -203,15 +227,20 @@ class OutcomeRate:
             return (f"more than {OUTCOMES_PER_CUSTOMER} {RATE_REFUSAL} "
                     f"{OUTCOME_RATE_WINDOW_S:g} s")
         if left == len(times):
-            kept[customer_id] = now
+            kept[customer] = now
         elif isinstance(times, array):  # in place: a copy per outcome cost O(limit)
             if left:
                 del times[:left]
             times.append(now)
         else:
-            kept[customer_id] = array("d", (times[0], now))
-        kept.move_to_end(customer_id)
+            kept[customer] = array("d", (times[0], now))
+        kept.move_to_end(customer)
         return None
+
+    def _named(self, customer_id: str) -> bytes:
+        named = self._keyed.copy()
+        named.update(customer_id.encode())
+        return named.digest()
 
 
 def _latest(kept: float | array) -> float:
