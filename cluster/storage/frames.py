@@ -202,7 +202,8 @@ def read_frames(path: Path, data: bytes, tail: bool = False
                 return
             raise corrupt(path, f"damaged frame at byte {pos} of {len(data)}")
         try:
-            first, records, journal_format = unpack_batch(data[pos + HEADER.size:end])
+            first, records, journal_format = checked_shape(
+                unpack_batch(data[pos + HEADER.size:end]))
         except JournalFormatError:
             raise
         except (ValueError, TypeError, msgpack.UnpackException) as exc:  # written so by a bug
@@ -258,13 +259,15 @@ def past_gaps(directory: Path, expect: int, first: int) -> int:
     return expect
 
 
-def misnumbered(path: Path, expect: int) -> JournalCorrupt:
+def misnumbered(path: Path, expect: int, first_read: bool = False) -> JournalCorrupt:
     """The error for a segment that does not start at `expect`, the LSN after the segment
-    before it. Past a gap nothing accepts, the segment itself may be intact, holding batches
-    acknowledged after the gap: quarantining it would lose them, so the way out accepts the
-    gap instead."""
+    before it (`first_read`: the first LSN a snapshot or truncation does not cover). Past a
+    gap nothing accepts, the segment itself may be intact, holding batches acknowledged after
+    the gap: quarantining it would lose them, so the way out accepts the gap instead."""
     first = first_lsn(path)
-    what = f"starts at LSN {first}, but the segment before it ends at LSN {expect - 1}"
+    what = f"starts at LSN {first}, but " + (
+        f"the journal must hold LSN {expect} (no snapshot, truncation or gap covers it)"
+        if first_read else f"the segment before it ends at LSN {expect - 1}")
     if first < expect:
         return corrupt(path, what)
     error = JournalCorrupt(
@@ -369,7 +372,7 @@ def scrub_batch(member: bytes, last_lsn: int, drop: Callable[[Any], bool],
     `last_lsn`."""
     try:
         unpacked, holds = _opened(member, LENIENT)  # raises no JournalFormatError
-        batch = _checked_shape(_contents(unpacked, holds, LENIENT))
+        batch = checked_shape(_contents(unpacked, holds, LENIENT))
     except JournalFormatError as exc:
         if holds is not False:
             _kept_unread(f"the quarantined batch scored {last_lsn}", exc)
@@ -400,19 +403,22 @@ _UNREADABLE = (ValueError, TypeError, OverflowError, msgpack.UnpackException)
 def _readable(payload: bytes) -> tuple[int, list, int] | None:
     """The batch a payload, perhaps damaged, decodes to (JournalFormatError: too new)."""
     try:
-        return _checked_shape(unpack_batch(payload, LENIENT))
+        return checked_shape(unpack_batch(payload, LENIENT))
     except JournalFormatError:
         raise
     except _UNREADABLE:
         return None
 
 
-def _checked_shape(batch: tuple) -> tuple[int, list, int] | None:
+def checked_shape(batch: tuple) -> tuple[int, list, int]:
+    """A batch as decoded, if it has a batch's types; TypeError if not (a plain batch's
+    msgpack is read unchecked, and a frame's CRC vouches for bytes, not for what wrote them)."""
     first, records, journal_format = batch
     if isinstance(first, int) and isinstance(records, list) and \
             isinstance(journal_format, int):
         return batch
-    return None
+    raise TypeError(f"not [first LSN, records, format]: {type(first).__name__}, "
+                    f"{type(records).__name__}, {type(journal_format).__name__}")
 
 
 def _announced(data: bytes, pos: int) -> int | None:

@@ -6,7 +6,8 @@ first. Frames live in segment files named after their first LSN; a segment is cl
 past `segment_bytes`, or `segment_s` (KAIROS_SNAPSHOT_AFTER_S) after it took its first batch,
 so truncating after a snapshot deletes whole files and never rewrites one, and a record
 outlives the snapshot covering it by about that long at most (a forgotten customer's, on
-the shard its partition moved from, which never learns of the forget).
+the shard its partition moved from, which never learns of the forget). Truncation marks how far
+it goes first (truncation_marks.py): replay refuses a start past it that no gap accepts.
 
 Formats: the records are opaque here, but each batch names the record format it was written
 in (protocol.JOURNAL_FORMAT; frames.py), and readers pass `decode(record, format)` to `replay`
@@ -94,6 +95,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from kairos.cluster.settings import JOURNAL_POLICIES, SNAPSHOT_AFTER_S
+from kairos.cluster.storage import truncation_marks as marks
 from kairos.cluster.storage.frames import (GAP, LOST, QUARANTINE, SUFFIX, Decode,
                                            ambiguous_tail, first_lsn, frame, fsync_directory,
                                            kept_records, misnumbered, past_gaps, read_frames,
@@ -118,17 +120,21 @@ class JournalReader:
     def replay(self, after_lsn: int = 0, decode: Decode | None = None
                ) -> Iterator[tuple[int, Any]]:
         """Every record with an LSN above `after_lsn`, in order (through `decode`, if given).
-        JournalCorrupt where LSNs do not follow on from one segment read to the next."""
+        JournalCorrupt where LSNs do not follow on from one segment read to the next, or the
+        first starts past what a snapshot or truncation covers (truncation_marks.py)."""
         segments = self._segments()
         expect = None  # the first LSN the next segment read must start at
         for i, path in enumerate(segments):
             if i + 1 < len(segments) and first_lsn(segments[i + 1]) - 1 <= after_lsn:
                 continue  # every record of this segment is at or below after_lsn
+            if first_read := expect is None:  # no segment read before it to follow on from
+                expect = marks.expected_start(self.directory, after_lsn, path,
+                                               self._quarantined())
             if expect is not None:
                 expect = past_gaps(self.directory, expect, first_lsn(path))
             if expect is not None and first_lsn(path) != expect and \
                     expect not in self._quarantined():  # a journal from before gaps' files
-                raise misnumbered(path, expect)
+                raise misnumbered(path, expect, first_read)
             expect = first_lsn(path)
             tail = self.tail_may_tear and i + 1 == len(segments)
             for first, records, journal_format, _ in segment_batches(path, tail):
@@ -305,17 +311,20 @@ class Journal(JournalReader):
         if self._size and upto_lsn >= self.last_lsn:
             self._roll()
         segments = self._segments()
-        removed = 0
-        for path, following in zip(segments, segments[1:]):
-            if first_lsn(following) - 1 <= upto_lsn:
-                path.unlink()
-                removed += 1
-        for gap in self.directory.glob(f"*{GAP}") if segments else ():
-            if int(gap.name[:-len(GAP)]) < first_lsn(segments[removed]):
-                gap.unlink()  # no segment left before it: nothing to accept
-        if removed and self.policy == "fsync":
+        gone = [path for path, following in zip(segments, segments[1:])
+                if first_lsn(following) - 1 <= upto_lsn]
+        if gone and upto_lsn > self.trimmed:  # marked before any goes (truncation_marks.py)
+            marks.write(self.directory, upto_lsn)
+            self.trimmed = upto_lsn
+        for path in gone:
+            path.unlink()
+        start = first_lsn(segments[len(gone)]) if segments else 0
+        for gap in self.directory.glob(f"*{GAP}") if self.trimmed >= start - 1 else ():
+            if int(gap.name[:-len(GAP)]) < start:
+                gap.unlink()  # before the start, and the mark past it: nothing to accept
+        if gone and self.policy == "fsync":
             fsync_directory(self.directory)
-        return removed
+        return len(gone)
 
     def compact(self, drop: Callable[[Any], bool], decode: Decode | None = None) -> int:
         """Rewrite the segments without the records `drop` selects (it sees them through
@@ -396,11 +405,12 @@ class Journal(JournalReader):
         for segment in segments:
             make_private(segment)
         first, last = (first_lsn(segments[0]), first_lsn(segments[-1])) if segments else (0, 0)
+        self.trimmed = marks.opened(self.directory, max(first - 1, 0))  # truncated up to it
         self.last_lsn, size = self._cut_tail(segments[-1]) if segments else (0, 0)
         quarantined, starts = self._quarantined(), [first_lsn(s) for s in segments]
         # past any LSN they could hold from the last segment on (one before it held fewer)
         past = max([self.last_lsn] + [g + n - 1 for g, n in quarantined.items() if g >= last])
-        for gap in (gap for gap in quarantined if gap >= first):
+        for gap in (gap for gap in quarantined if gap >= min(first, self.trimmed + 1)):
             # a quarantined segment's (or one an older Kairos left), up to the next segment
             self._record_gap(gap, min((s - 1 for s in starts if s > gap), default=past))
         if segments and past == self.last_lsn:  # else the LSNs go on in a segment of their own

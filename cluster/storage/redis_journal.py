@@ -37,7 +37,8 @@ member is moved into the quarantine with its score: the gap it leaves is then ac
 journal's next writer (the shard's next try) records each quarantined score in the sorted set
 `<key>:gaps`, which replay reads as well (truncation drops those it passed), so the quarantine
 is evidence only, removable once inspected; a batch that decodes but follows a gap nothing
-accepts is never named as one to quarantine (the error says how to accept the gap). Replay
+accepts (or, read first, starts past what truncation and the snapshot cover: truncation_marks.py)
+is never named as one to quarantine (the error says how to accept the gap). Replay
 and compaction read the sorted set in pages of REPLAY_PAGE batches by score, so no single
 exchange grows with the journal (one ZRANGE of it all outlasted the socket timeout, and a
 shard's rebuild looped). Durability is the server's: with the journal policy "fsync" the
@@ -60,9 +61,9 @@ from typing import Any, Callable, Iterator, Sequence
 import msgpack
 import redis
 
-from kairos.cluster.storage import redis_replicas
-from kairos.cluster.storage.frames import (Decode, JournalFormatError, check_frame, scrub_batch,
-                                           seal_batch, unseal_batch)
+from kairos.cluster.storage import redis_replicas, truncation_marks as marks
+from kairos.cluster.storage.frames import (Decode, JournalFormatError, check_frame, checked_shape,
+                                           scrub_batch, seal_batch, unseal_batch)
 from kairos.cluster.storage.redis_config import check_server
 from kairos.cluster.storage.redis_errors import ERRORS, ReplicasBehind, unavailable
 from kairos.cluster.storage.store import (JournalDisowned, JournalFenced, StoreCorrupt,
@@ -88,12 +89,14 @@ class RedisReader:
 
     def replay(self, after_lsn: int = 0, decode: Decode | None = None
                ) -> Iterator[tuple[int, Any]]:
-        low, expect = f"({after_lsn}", None
+        low, expect, first_read = f"({after_lsn}", None, True
         while True:
             page = self._page(low)
+            if first_read and page:  # the mark read after the page: truncation sets both at once
+                expect = marks.limit(after_lsn, marks.redis_read(self.r, self.key))
             for member, score in page:
-                first, records, journal_format = self._unpack(member, score, expect)
-                expect = first + len(records)
+                first, records, journal_format = self._unpack(member, score, expect, first_read)
+                expect, first_read = first + len(records), False
                 for lsn, record in enumerate(records, first):
                     if lsn > after_lsn and record is not None:
                         yield lsn, record if decode is None else decode(record, journal_format)
@@ -101,17 +104,19 @@ class RedisReader:
                 return
             low = f"({int(page[-1][1])}"
 
-    def _unpack(self, member: bytes, score: float, expect: int | None
+    def _unpack(self, member: bytes, score: float, expect: int | None, first_read: bool = False
                 ) -> tuple[int, list, int]:
-        """A batch read back; StoreCorrupt unless it decodes, its score is its last LSN and
-        it starts at `expect` (the LSN after the batch before it, when one was read)."""
+        """A batch read back; StoreCorrupt unless it decodes as one, its score is its last LSN
+        and it starts at `expect` (after the batch before it), or, `first_read`, by it (then
+        truncation_marks.py's `limit`); anywhere if `expect` is None."""
         try:
-            first, records, journal_format = unseal_batch(member)
+            first, records, journal_format = checked_shape(unseal_batch(member))
         except JournalFormatError:
             raise  # whole, and newer than this code: refused as it is
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             raise StoreCorrupt(f"redis: journal {self.key}: the batch scored {int(score)} "
                                f"does not decode ({exc})") from None
+        expect = min(expect, first) if first_read and expect is not None else expect
         misscored = first + len(records) - 1 != int(score)
         if misscored or expect not in (None, first) and not self._skipped(first - 1):
             what = (f"redis: journal {self.key}: the batch scored {int(score)} holds LSNs "
@@ -171,13 +176,13 @@ class RedisJournal(RedisReader):
             _in_doubt.pop(self._where, None)  # (the module's text)
             raise
         with self.r.pipeline(transaction=False) as pipe:
-            pipe.get(self.last)
-            pipe.get(self.fence)
-            pipe.get(self.owner_key)
-            last, fenced, owner = pipe.execute()
+            for name in (self.last, self.fence, self.owner_key, f"{key}:{marks.MARK}"):
+                pipe.get(name)
+            last, fenced, owner, mark = pipe.execute()
         self._refuse(fenced, owner)
         self.last_lsn = int(last or 0)
         self._record_gaps()
+        self.trimmed = marks.parsed(mark)  # truncated up to it; None: new, or from before marks
 
     unsynced = False  # each append is one MULTI/EXEC, durable per the server's appendfsync
 
@@ -236,6 +241,7 @@ class RedisJournal(RedisReader):
             self._refuse(None, owner)
             self._follows_on(int(stored or 0))
             done = _commit(connection, (("ZADD", self.key, last, batch),
+                                        *marks.redis_first(self.key, stored),
                                         ("SET", self.last, last), ("GET", self.fence)))
         if done is None:
             raise redis.exceptions.WatchError(f"journal {self.key}: the last LSN changed")
@@ -351,8 +357,12 @@ class RedisJournal(RedisReader):
 
     @unavailable("truncating the journal")
     def truncate(self, upto_lsn: int) -> int:
+        if self.trimmed is None:  # none read: it may start past `upto_lsn` (truncation_marks.py)
+            self.trimmed = marks.redis_start(self.r, self.key, self.last_lsn)
+        self.trimmed = max(upto_lsn, self.trimmed)  # set in the transaction removing the batches
         return self._guarded(("ZREMRANGEBYSCORE", self.key, "-inf", upto_lsn),
-                             ("ZREMRANGEBYSCORE", f"{self.key}:gaps", "-inf", upto_lsn))[0]
+                             ("ZREMRANGEBYSCORE", f"{self.key}:gaps", "-inf", upto_lsn),
+                             ("SET", f"{self.key}:{marks.MARK}", self.trimmed))[0]
 
     def _guarded(self, *commands: tuple) -> list:
         if self.fenced:
