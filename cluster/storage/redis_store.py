@@ -10,6 +10,7 @@ Keys, under a prefix (default "kairos", `?prefix=` in the URL) so clusters can s
     <prefix>:j:<shard>:last      string: the journal's last LSN (survives truncation)
     <prefix>:j:<shard>:quarantine  sorted set: damaged batches an operator moved aside
     <prefix>:j:<shard>:gaps      sorted set: their scores, the gaps replay accepts
+    <prefix>:j:<shard>:trimmed   string: the LSN truncation reached (truncation_marks.py)
     <prefix>:j:<shard>:fenced    string: another shard took the journal's partitions over
     <prefix>:j:<shard>:owner     string: the shard's incarnation that writes it (store.py)
     <prefix>:m:<key>             string: meta (one past 192 MiB: in chunks, redis_chunks.py)
@@ -286,7 +287,7 @@ class RedisStore:
         """The journal's keys but its fence, which outlives it (store.py)."""
         key = f"{self.prefix}:j:{name}"
         redis_replicas.write(self.r, "DEL", key, f"{key}:last", f"{key}:quarantine",
-                             f"{key}:gaps", f"{key}:owner")
+                             f"{key}:gaps", f"{key}:trimmed", f"{key}:owner")
 
     @unavailable("writing meta")
     def put_meta(self, key: str, blob: bytes) -> None:

@@ -233,12 +233,14 @@ def test_an_owned_journal_that_finds_a_torn_tail_when_it_skips_goes_on_past_it(t
     assert lsns(tmp_path / "journals" / "s0") == [1, 2, 3, last]
 
 
-def test_a_dropped_redis_journal_leaves_no_record_of_its_gaps(redis_server):
+def test_a_dropped_redis_journal_leaves_no_record_of_its_gaps_or_its_truncation(redis_server):
     j = redis_journal(redis_server, "gaps-dropped")
     for k in (1, 2, 3):
         j.append([("event", 1, "ana", k)])
     j.r.eval(QUARANTINE, 1, j.key, 2)
     j = redis_journal(redis_server, "gaps-dropped")  # records the gap
     assert j.r.zcard(f"{j.key}:gaps") == 1
+    j.truncate(1)
+    assert j.r.exists(f"{j.key}:trimmed")
     open_store(f"{redis_server.url}?prefix=gaps-dropped").drop_journal("s0")
-    assert not j.r.exists(f"{j.key}:gaps")
+    assert not j.r.exists(f"{j.key}:gaps") and not j.r.exists(f"{j.key}:trimmed")
