@@ -52,6 +52,10 @@ does not pile up. x' S x can round below zero: it counts as zero (kernel and twi
 A posterior that is not finite never heals (q*m of an infinite q is NaN) and a learner would
 publish it to every shard, so nothing non-finite gets in: the kernels refuse such an update,
 `merge` refuses such rows of a delta, and both count what they refused in `ModelTable.refused`.
+Nor does what no outcome can make (a buggy shard's delta): `merge` also refuses the rows of a
+delta that take counts or a precision's diagonal back (a precision taken near zero turned its
+natural mean into a mean of -7e17), and those whose merged precision matrix is not positive
+definite (its inverse has variances below zero), as `sound_rows` says.
 """
 from __future__ import annotations
 
@@ -465,14 +469,44 @@ def per_model(array: np.ndarray) -> np.ndarray:
 
 def sound_rows(mean: np.ndarray, precision: np.ndarray, *counts: np.ndarray,
                positive: bool = True) -> np.ndarray:
-    """Per model, whether its statistics are all finite (and, for a posterior rather than a
-    delta, its precisions above zero: the kernels divide by them)."""
+    """Per model, whether its statistics can be a posterior's (`positive`) or a delta's: all
+    finite, and nothing below zero that only ever grows. Outcomes and conversions' values (at
+    least 0: engine.py's CONVERSION_VALUE) only add to the counts, and nothing decays a model
+    (only the standardised inputs' statistics forget, and they are no model's), so no count of
+    either is negative. Each example adds x_i^2 w, w >= 0, to the precision's diagonal, so a
+    delta's diagonal, a later total less an earlier one, is not negative either (rounding
+    keeps that: a sum of terms >= 0 rounds to no less than its first). A posterior's precision
+    is above zero (the kernels divide by it) and, a matrix, positive definite: the prior's plus
+    sums of w x x' (`positive_definite`), else its inverse has variances below zero."""
     ok = np.isfinite(mean).all(axis=1) & np.isfinite(per_model(precision)).all(axis=1)
     for count in counts:
-        ok &= np.isfinite(per_model(count)).all(axis=1)
-    if positive:
-        ok &= (diagonal(precision) > 0).all(axis=1)
+        ok &= np.isfinite(per_model(count)).all(axis=1) & (per_model(count) >= 0).all(axis=1)
+    ok &= (diagonal(precision) > 0 if positive else diagonal(precision) >= 0).all(axis=1)
+    if positive and precision.ndim == 3:
+        ok[ok] = positive_definite(precision[ok])
     return ok
+
+
+def positive_definite(precision: np.ndarray) -> np.ndarray:
+    """Per model, whether its (finite) precision matrix P has a Cholesky factor, i.e. x' P x > 0
+    for every x, and so x' S x for its inverse S, the variance Thompson sampling draws with. Its
+    symmetric part is factored: Cholesky reads one triangle only, and the rank-one updates keep
+    P symmetric only up to rounding (w x_i x_j and w x_j x_i round apart). Rounding can fail a
+    sound P only near a condition number of 1 / eps, where its inverse has no digits left."""
+    symmetric = 0.5 * (precision + np.swapaxes(precision, 1, 2))
+    try:
+        np.linalg.cholesky(symmetric)
+        return np.ones(len(precision), bool)
+    except np.linalg.LinAlgError:  # one that is not fails the batch: find it
+        return np.array([_factors(p) for p in symmetric], bool)
+
+
+def _factors(matrix: np.ndarray) -> bool:
+    try:
+        np.linalg.cholesky(matrix)
+        return True
+    except np.linalg.LinAlgError:
+        return False
 
 
 def keep_rows(ok: np.ndarray, new: np.ndarray, old: np.ndarray) -> np.ndarray:
@@ -511,7 +545,7 @@ class ModelTable:
         self.published_by: str | None = None
         # learner side: the models the latest `merge` changed, which it publishes as rows
         self.merged_rows = np.zeros(0, np.int64)
-        self.refused = 0  # updates and delta rows refused for not being finite, ever
+        self.refused = 0  # updates and delta rows refused as not sound (`sound_rows`), ever
         self.mean = np.repeat(compiled.prior_mean, n_channels, axis=0)
         self.precision = self._as_kind(np.repeat(compiled.prior_precision, n_channels, axis=0))
         for name in COUNTS:
@@ -709,10 +743,11 @@ class ModelTable:
         """Learner side: add a delta to the natural parameters (the caller bumps versions).
 
         Models the delta does not touch keep their statistics bit for bit. A model whose
-        delta, or whose result, is not finite keeps what it had; returns how many models
-        refused their part of the delta (and 1 for refused input statistics); the models it
-        changed are left in `merged_rows`. Written in place: whoever publishes the arrays
-        copies them (control/learner.py)."""
+        delta, or whose result, is not sound (`sound_rows`: not finite, counts or a precision's
+        diagonal taken back, a precision matrix not positive definite) keeps what it had;
+        returns how many models refused their part of the delta (and 1 for refused input
+        statistics); the models it changed are left in `merged_rows`. Written in place:
+        whoever publishes the arrays copies them (control/learner.py)."""
         counts = np.stack([getattr(delta, name) for name in COUNTS], axis=1)
         at = np.flatnonzero(~((delta.precision_mean == 0).all(axis=1)
                               & (per_model(delta.precision) == 0).all(axis=1)

@@ -40,9 +40,11 @@ restarting or a stopped control loop tells it nothing, it also asks the controll
 own text: the controller names no text the learner was not created with or switched to
 successfully.
 
-What it publishes reaches every shard and the store, so nothing that is not finite gets in: a
-delta's rows that are not are refused (ModelTable.merge), a saved model that is not starts again
-from its prior, and both are counted (`refused`, kairos_model_rows_refused_total).
+What it publishes reaches every shard and the store, so nothing that is not sound gets in (not
+finite, or what no outcome makes: counts or a precision taken back, a precision matrix not
+positive definite; core/models.py `sound_rows`): a delta's rows that are not are refused
+(ModelTable.merge), a saved model that is not starts again from its prior, and both are counted
+(`refused`, kairos_model_rows_refused_total).
 """
 from __future__ import annotations
 
@@ -120,7 +122,7 @@ class Learner:
 
     @property
     def refused(self) -> int:
-        """Model rows of deltas or saved posteriors refused for not being finite."""
+        """Model rows of deltas or saved posteriors refused as not sound (`sound_rows`)."""
         return self.models.refused
 
     def sync(self, catalog_version: str, delta: ModelDelta | None,
