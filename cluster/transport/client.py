@@ -106,11 +106,29 @@ class KairosClient(Batching, IdentitySagas):
         while True:
             try:
                 self._apply_map(await controller.get_map(self.version, LONG_POLL_S))
+                await self._drop_gone_links()
             except Unavailable:
                 await asyncio.sleep(0.2)  # the controller is restarting
             except Exception:  # the controller failed this poll: the map must keep following
                 log.exception("following the partition map failed; polling again")
                 await asyncio.sleep(1.0)
+
+    async def _drop_gone_links(self) -> None:
+        """Drop the links to shards the map no longer names, with their pump tasks and the
+        backend's connections to them, once nothing waits in their queue or is in flight on
+        them: shard names are never reused, so autoscaling would otherwise grow them without
+        bound in a long-lived gateway. One still busy (its requests answered MOVED go again
+        to their partitions' new owners, through their links) goes at a later poll, at most
+        LONG_POLL_S after it drains."""
+        named = set(self._shards)
+        idle = [link for name, link in self._links.items()
+                if name not in named and not link.queue and not link.calls]
+        for link in idle:
+            del self._links[link.name]
+            link.task.cancel()
+        await asyncio.gather(*(link.task for link in idle), return_exceptions=True)
+        for link in idle:
+            await self.backend.disconnect(link.name)
 
     async def _map_newer_than(self, version: int, timeout_s: float) -> None:
         await self._map_changes.wait_until(lambda: self.version >= version, timeout_s)
@@ -242,6 +260,13 @@ class KairosClient(Batching, IdentitySagas):
         item.waits_at = self._counted_at(item.request.partition)
         self._waiting[item.waits_at] += 1
 
+    def _unhold(self, item: Item) -> None:
+        """It goes (or fails): no longer counted. A count that reaches 0 goes too, as the shard
+        it counted against may have left the map for good."""
+        self._waiting[item.waits_at] -= 1
+        if not self._waiting[item.waits_at]:
+            del self._waiting[item.waits_at]
+
     async def settle(self, request: Request, reply: Reply) -> Reply | None:
         """What a request's reply comes to: the done reply (Ok, EventAck or Forgotten); the
         reply to the same request re-sent to the customer a Merged reply names; None for
@@ -354,7 +379,7 @@ class KairosClient(Batching, IdentitySagas):
         lane.moved, lane.held, lane.wait_s = [], deque(), 0.0
         self._held.discard(p)
         for item in ready:
-            self._waiting[item.waits_at] -= 1
+            self._unhold(item)
             if item.given_up():
                 self._fail(item, item.unsent())
             else:

@@ -113,6 +113,9 @@ class LocalBackend:
     async def close(self) -> None:
         """Nothing to close: every call is in process."""
 
+    async def disconnect(self, name: str) -> None:
+        """As close: nothing to close."""
+
     async def hop(self) -> None:
         for _ in range(self.rng.randrange(3)):
             await asyncio.sleep(0)
