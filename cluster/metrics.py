@@ -82,7 +82,8 @@ class ShardMetrics:
                                    tag_keys=("shard",))
         self.model_updates_refused = Counter(
             "kairos_model_updates_refused_total", "Model updates (outcomes, or rows of a "
-            "published version) refused because they would leave a model not finite",
+            "published version) refused because they would leave a model not finite or not sound "
+            "(counts or a precision taken back, a precision not positive definite)",
             tag_keys=("shard",))
         self.values_clipped = Counter(
             "kairos_values_clipped_total", "Conversion values taught at most models.value."

@@ -302,7 +302,7 @@ class Restoring(NamedTuple):
     version: int  # the learner's once taken up
     ran: list[str]
     sequences: dict[tuple[str, str], tuple[int, float]]
-    bad: int  # saved models that are not finite, started again from their prior
+    bad: int  # saved models not sound (models.sound_rows), started again from their prior
 
 
 def restoring(learner: Any, blob: bytes, follow_catalog: bool = False) -> Restoring | None:
@@ -373,8 +373,8 @@ def take_up(learner: Any, ready: Restoring) -> None:
     elif not learner.models.adopt_prepared(ready.whole):
         raise RuntimeError("the learner's tables changed while its saved posterior was read")
     if ready.bad:
-        log.warning("learner: %d saved models are not finite; they start from their prior",
-                    ready.bad)
+        log.warning("learner: %d saved models are not finite or not sound; they start from "
+                    "their prior", ready.bad)
     learner.models.refused += ready.bad
     learner.ran = dict.fromkeys([*ready.ran, *learner.ran][-RAN_KEPT:])
     for key, (sequence, heard) in ready.sequences.items():

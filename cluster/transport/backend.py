@@ -285,5 +285,9 @@ class Backend(Protocol):
         within its `session`. Raises Unavailable if the shard cannot answer (NotSent if the
         batch certainly did not reach it)."""
 
+    async def disconnect(self, name: str) -> None:
+        """Close the connection to shard `name`, if one is open (it left the map); a later
+        send opens one again."""
+
     async def close(self) -> None:
         """Close the connections this backend opened (on the running event loop)."""
