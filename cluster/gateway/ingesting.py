@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 from typing import AsyncIterator, Awaitable, Callable, NamedTuple
 
+from kairos.core.compiler import CompiledCatalog
 from kairos.core.errors import InputError
 from kairos.v1 import decision_pb2 as pb
 
 from kairos.cluster import protocol
-from kairos.cluster.gateway import requests, wire
+from kairos.cluster.gateway import answerbound, requests, wire
 from kairos.cluster.gateway.auth import Denied, caller, check_channel, require_scope
 from kairos.cluster.gateway.bounds import host_of
 from kairos.cluster.gateway.calls import FORGOTTEN_IN_CALL, abort
@@ -283,7 +284,8 @@ class Ingesting:
         """Check every event and resolve the aliases they name; then route them all at once,
         in the caller's order (without a task per event), or refuse the batch whole before
         any is routed (RESOURCE_EXHAUSTED: a shard's queue in this gateway has no room for its
-        share: a retry must not apply some events twice); and gather the acks in order. Checks
+        share: a retry must not apply some events twice; INVALID_ARGUMENT: its answer could
+        pass MAX_ANSWER_BYTES, `answerbound`); and gather the acks in order. Checks
         and acks go CHUNK events at a time, the event loop's other calls served between. Once
         it ends, what of it is not sent yet goes unsent, all of it (`Call`)."""
         try:
@@ -294,7 +296,8 @@ class Ingesting:
                 check_channel(channel)
             if any(event.decide_placement for event in request.events):
                 require_scope("decide", DECIDING)
-            checked = await self._checked(request.events, context)
+            checked, decisions = await self._checked(request.events, context)
+            answerbound.check(request, checked, decisions)
             # all or none: each event is a call, counted until it answers, however it ends
             key = self.gateway.reserve(len(checked))
         except (Denied, InputError, Busy, TimeoutError) as exc:
@@ -323,17 +326,27 @@ class Ingesting:
             call.give_up()
         await abort(context, _of_many(failure) if len(checked) > 1 else failure)
 
-    async def _checked(self, events, context) -> list[tuple[requests.Who, protocol.Event]]:
-        """A batch's events checked, CHUNK at a time."""
+    async def _checked(self, events, context
+                       ) -> tuple[list[tuple[requests.Who, protocol.Event]], int]:
+        """A batch's events checked, CHUNK at a time; and the most bytes the decisions they
+        ask for add to the batch's answer, each chunk's by the catalog that checked it
+        (`answerbound.decision_bytes`)."""
+        def check(catalog: CompiledCatalog, start: int
+                  ) -> tuple[list[tuple[requests.Who, protocol.Event]], int]:
+            chunk = [requests.event_request(event, catalog, f"events[{n}].")
+                     for n, event in enumerate(events[start:start + CHUNK], start)]
+            return chunk, answerbound.decision_bytes(catalog, chunk)
+
         checked: list[tuple[requests.Who, protocol.Event]] = []
+        decisions = 0
         for start in range(0, len(events), CHUNK):
             if start:
                 await asyncio.sleep(0)
-            checked += await self.gateway.checked(lambda catalog: [
-                requests.event_request(event, catalog, f"events[{n}].")
-                for n, event in enumerate(events[start:start + CHUNK], start)],
-                self.gateway.timeout(context))
-        return checked
+            chunk, most = await self.gateway.checked(lambda catalog: check(catalog, start),
+                                                     self.gateway.timeout(context))
+            checked += chunk
+            decisions += most
+        return checked, decisions
 
     async def _resolved(self, checked: list[tuple[requests.Who, protocol.Event]]
                         ) -> list[protocol.Event]:
