@@ -91,7 +91,7 @@ class Decide(NamedTuple):
     caller does not show, seen by an agent beside the record): it is neither logged as
     evidence nor counted in the decisions per channel. GetProfile logs the decision of the
     channel its caller shows (`shown_channel`, or a channel-bound key's own). A preview's id is
-    sealed all the same, so a Respond may name it. (Added last, with a default; the data
+    sealed as a preview's (shard/outcomes.py): a Respond naming it is refused. (Added last, with a default; the data
     plane's protocol went to 5 for it.) `expires`: the wall-clock time its caller stops
     waiting (None: it waits); a shard that reaches it later answers Unavailable(EXPIRED)
     and decides nothing: its caller had the fallback, and would never see the decision, the
