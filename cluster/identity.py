@@ -69,8 +69,10 @@ from kairos.cluster.settings import TOMBSTONE_S, TOMBSTONES_PER_PARTITION
 from kairos.cluster.shard.linkhold import ClaimHolds
 
 ANONYMOUS = "~"  # prefix of anonymous customers' ids; customer ids may not start with it
-ALIAS_TYPE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+MAX_ALIAS_TYPE = 32
+ALIAS_TYPE = re.compile(rf"[a-z][a-z0-9_]{{0,{MAX_ALIAS_TYPE - 1}}}")
 MAX_ALIAS_VALUE = 256
+MAX_ANONYMOUS_ID = len(ANONYMOUS) + MAX_ALIAS_TYPE + 1 + MAX_ALIAS_VALUE  # "~type:value"
 REDIRECTS_PER_PARTITION = 4096  # recent settled links whose anonymous ids still redirect
 # Redirects still holding the state they handed over (Take done, Settle not yet) are not
 # evicted to make room for new links: the anonymous profile's home is deleted, so that state
@@ -109,6 +111,17 @@ def alias_key(alias_type: str, value: str, field: str = "alias") -> str:
 
 def anonymous_id(key: str) -> str:
     return ANONYMOUS + key
+
+
+def anonymous_alias(customer_id: str) -> str | None:
+    """The key of the alias an anonymous id ("~type:value") names; None for any other id."""
+    if not customer_id.startswith(ANONYMOUS) or len(customer_id) > MAX_ANONYMOUS_ID:
+        return None
+    alias_type, _, value = customer_id[len(ANONYMOUS):].partition(":")
+    try:
+        return alias_key(alias_type, value)
+    except InputError:
+        return None
 
 
 def link_id(key: str, customer_id: str) -> str:

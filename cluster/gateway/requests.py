@@ -7,7 +7,8 @@ channel and a placement are the core's (`kairos.core.request`), and those of an 
 attributes the engine's (`DecisionEngine.check_attributes`), the same the shards apply: a batch
 with one bad value is refused whole, before any of its events is applied.
 Every id a caller sends has a length cap (customer ids, aliases, idempotency keys, event ids,
-decision ids, event types, action ids), checked here on every RPC, so nothing unbounded is
+decision ids, event types, action ids; an alias's anonymous id, longer than a customer id may
+be, is bounded as its alias is), checked here on every RPC, so nothing unbounded is
 kept in memory, journals or snapshots; and those it names a customer or a request by hold no
 control characters (`check_plain`), so none is taken for an id the cluster makes itself.
 An alias's anonymous id ("~type:value") is whom an answer to a request by the alias, or by
@@ -32,7 +33,8 @@ from kairos.v1 import decision_pb2 as pb
 from kairos.cluster import protocol
 from kairos.cluster.gateway import wire
 from kairos.cluster.gateway.auth import Denied, caller, has_scope
-from kairos.cluster.identity import ANONYMOUS, alias_key, anonymous_id, check_linkable
+from kairos.cluster.identity import (ANONYMOUS, alias_key, anonymous_alias, anonymous_id,
+                                     check_linkable)
 from kairos.cluster.settings import CLOCK_SKEW_S, OUTCOME_WINDOW_S
 from kairos.cluster.shard.outcomes import NOT_ISSUED, issued_at
 
@@ -66,7 +68,8 @@ def who(message) -> Who:
         return Who(None, key)
     if not message.customer_id:
         raise InputError("customer_id", "is required (or an alias)")
-    check_customer(message.customer_id, "customer_id")
+    if anonymous_alias(message.customer_id) is None:  # else bounded as its alias is
+        check_customer(message.customer_id, "customer_id")
     if not erasing:
         check_plain(message.customer_id, "customer_id")
     return Who(message.customer_id, None)
@@ -104,13 +107,10 @@ def retried_as_alias(who: Who, refused: InputError) -> Who | None:
     id), which the first try, by the id as named, reaches. None: the refusal stands (another
     refusal, an id not of an alias's form, a Respond by alias)."""
     if refused.field != "decision_id" or not refused.reason.startswith(NOT_ISSUED) or \
-            who.customer_id is None or not who.customer_id.startswith(ANONYMOUS):
+            who.customer_id is None:
         return None
-    alias_type, _, value = who.customer_id[len(ANONYMOUS):].partition(":")
-    try:
-        return Who(None, alias_key(alias_type, value))
-    except InputError:  # not an alias's
-        return None
+    key = anonymous_alias(who.customer_id)
+    return None if key is None else Who(None, key)
 
 
 def named(message) -> str:
