@@ -71,7 +71,7 @@ from kairos.cluster.settings import (CHANNEL_WATCH_BACKLOG, SHARD_CLOCK_SKEW_S, 
                                      WATCH_STREAMS, WATCH_STREAMS_PER_HOST,
                                      WATCH_STREAMS_PER_KEY)
 from kairos.cluster.shard.watches import Pushed, Unwatched
-from kairos.cluster.transport.backend import Backend
+from kairos.cluster.transport.backend import Backend, Unavailable, said
 from kairos.cluster.transport.client import Busy, KairosClient
 
 log = logging.getLogger("kairos.gateway")
@@ -353,11 +353,22 @@ class Watches:
             del self._watched[watch]
 
     async def _register(self, watch: Watch, active: bool) -> None:
+        """Register `watch` with the shards (`active`), or unregister it. What the controller
+        or a shard raises besides a refusal (InputError), a full queue (Busy) or Unavailable
+        (its store down, an error of its own) is Unavailable too, as admin calls answer it:
+        the streams that fail on it end UNAVAILABLE, the detail for the gateway's log only
+        (calls.abort), not UNKNOWN quoting it."""
         customer, channel, placement = watch
-        if customer is None:
-            await self.backend.controller().watch_channel(self.sink, channel, placement, active)
-        else:
-            await self.client.watch(customer, self.sink, channel, placement, active)
+        try:
+            if customer is None:
+                await self.backend.controller().watch_channel(self.sink, channel, placement,
+                                                              active)
+            else:
+                await self.client.watch(customer, self.sink, channel, placement, active)
+        except (InputError, Busy, Unavailable):
+            raise
+        except Exception as exc:
+            raise Unavailable(f"{type(exc).__name__}: {said(exc)}") from exc
 
     def deliver(self, decisions: list[Decision | Unwatched]) -> None:
         """Shards push here; each decision goes to the watches it matches: by its customer's
