@@ -229,8 +229,11 @@ async def _evidence(text: str, catalog_text: str, compiled: Summary, context
         version = report["candidate"]["version"]
         digest = report["candidate"].get("digest")
         summary = evidence_report.headline(report)
-    # RecursionError: nested deeper than the parser's stack (under 1 MiB of brackets)
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+    # RecursionError: nested deeper than the parser's stack (under 1 MiB of brackets);
+    # ArithmeticError: numbers past a float's, which the headline's int() and float() refuse
+    # (1e999 parses as infinity; an integer of 400 digits is past any float)
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError,
+            ArithmeticError) as exc:
         await fail(context, grpc.StatusCode.INVALID_ARGUMENT,
                    f"evidence_json: not a replay report (kairos replay's replay.json): "
                    f"{type(exc).__name__}: {str(exc)[:200]}")

@@ -69,6 +69,24 @@ def test_evidence_that_is_no_report_is_invalid_argument(gateway, evidence, says)
     assert says in refused.value.details()
 
 
+@pytest.mark.parametrize("edit", [
+    lambda report: report.update(evaluated="INFINITY"),  # int() of an infinite float
+    lambda report: next(iter(report["estimates"].values()))["dr"].update(value="HUGE"),
+])
+def test_a_report_of_numbers_past_a_float_is_invalid_argument(gateway, report, edit):
+    """JSON numbers that overflow the report's headline (1e999 parses as infinity, an integer
+    of 400 digits is past any float) were OverflowError: UNKNOWN (gateway review, item C)."""
+    _, admin = gateway
+    edited = json.loads((report / "replay.json").read_text())
+    edit(edited)
+    text = json.dumps(edited).replace('"INFINITY"', "1e999").replace('"HUGE"', "1" + "0" * 400)
+    with pytest.raises(grpc.RpcError) as refused:
+        put(admin, truth.candidate_catalog(), text)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+    assert refused.value.details().startswith(
+        "evidence_json: not a replay report (kairos replay's replay.json): OverflowError: ")
+
+
 def test_evidence_about_another_version_is_refused_and_nothing_switches(gateway, report):
     _, admin = gateway
     before = admin.GetCatalog(admin_pb2.GetCatalogRequest(), timeout=30).version
