@@ -111,10 +111,23 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         if not 1 <= request.shards <= MAX_SHARDS:
             await fail(context, grpc.StatusCode.INVALID_ARGUMENT,
                        f"shards: must be 1..{MAX_SHARDS}, got {request.shards}")
+        if request.shards > (partitions := await self._partitions(context)):
+            await fail(context, grpc.StatusCode.INVALID_ARGUMENT,
+                       f"shards: at most the cluster's {partitions} partitions (a shard past "
+                       f"them would own none, yet run a process), got {request.shards}")
         done = await _answer(context, self.backend.controller().scale(request.shards))
         return admin_pb2.ScaleResponse(shards=done["shards"], moved=done["moved"],
                                        map_version=done["version"])
 
+    async def _partitions(self, context) -> int:
+        """The cluster's partition count, which its map has (UNAVAILABLE while this gateway
+        has none yet: maps start at version 1)."""
+        client = self.gateway.client
+        if client.version == 0:
+            await fail(context, grpc.StatusCode.UNAVAILABLE,
+                       f"gateway {self.gateway.name} has no partition map yet (the cluster is "
+                       f"starting): try again")
+        return len(client.routes()[2])
 
     async def DrainNode(self, request: admin_pb2.DrainNodeRequest, context
                         ) -> admin_pb2.DrainNodeResponse:

@@ -44,10 +44,14 @@ class StuckController:
         raise RuntimeError("catalog x was not switched: kairos-shard-0002: no answer within 5 s")
 
 
+# a gateway's client with a map of 16 partitions on one shard (ScaleShards reads the count)
+MAPPED = SimpleNamespace(version=1, routes=lambda: (1, ["kairos-shard-0000"], [0] * 16))
+
+
 def admin() -> AdminService:
     controller = StuckController()
     return AdminService(SimpleNamespace(backend=SimpleNamespace(controller=lambda: controller),
-                                        node=None))
+                                        node=None, client=MAPPED))
 
 
 # what a hang would come to: a call that compiles a catalog first waits for a process that

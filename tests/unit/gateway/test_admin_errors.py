@@ -19,7 +19,7 @@ from kairos.cluster.storage.store import StoreUnavailable
 from kairos.v1 import admin_pb2
 
 from tests.unit.control.test_interrupted import catalog_v2, no_grace, started, versions
-from tests.unit.gateway.test_admin_deadlines import Context, answer
+from tests.unit.gateway.test_admin_deadlines import MAPPED, Context, answer
 
 __all__ = ["no_grace"]  # the fixture, used here too
 
@@ -61,7 +61,7 @@ class Raising:
 def admin(error: Exception) -> AdminService:
     controller = Raising(error)
     return AdminService(SimpleNamespace(backend=SimpleNamespace(controller=lambda: controller),
-                                        node=None))
+                                        node=None, client=MAPPED))
 
 
 def calls(default_yaml):
