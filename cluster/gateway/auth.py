@@ -332,6 +332,13 @@ def _admitted() -> ApiKey | None:
     return key
 
 
+def passed() -> bool:
+    """Whether the current call passed the auth interceptor (auth off, it passes every call
+    with a rule): the interceptors after it see a call it refuses too, whose handler its
+    refusal replaces, and admit nothing for it."""
+    return _caller.get() is not _UNCHECKED
+
+
 def caller() -> ApiKey | None:
     """The key the current call was admitted with (None: auth is off)."""
     return _admitted()

@@ -27,7 +27,7 @@ from kairos.core.compiler import CompiledCatalog, compiled_from_text
 from kairos.core.errors import InputError
 
 from kairos.cluster.gateway.admission import Shedder
-from kairos.cluster.gateway.auth import Denied, refusal
+from kairos.cluster.gateway.auth import Denied, passed, refusal
 from kairos.cluster.gateway.inflight import Inflight, held, key_label
 from kairos.cluster.gateway.parsing import Wrappers
 from kairos.cluster.gateway.requests import Who, view
@@ -353,7 +353,8 @@ class InflightLimit(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
-        if handler is None or not details.method.startswith("/kairos.v1.DecisionService/"):
+        if handler is None or not details.method.startswith("/kairos.v1.DecisionService/") \
+                or not passed():  # refused by auth: neither counted nor drawn for shedding
             return handler
         if not self.gateway.routable:
             return refusal(handler, grpc.StatusCode.UNAVAILABLE,
