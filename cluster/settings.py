@@ -407,14 +407,15 @@ GATEWAY_CONNECTIONS = integer("GATEWAY_CONNECTIONS", 8192)
 # ... and how long one may carry no call before the gateway closes it (HTTP/2 GOAWAY: a client
 # connects again for its next call), so idle or half-open connections do not pile up.
 GATEWAY_CONNECTION_IDLE_S = number("GATEWAY_CONNECTION_IDLE_S", 300.0, above=True)
-# Largest request accepted (bytes); larger ones fail with RESOURCE_EXHAUSTED before decoding.
+# Largest DecisionService request accepted (bytes), each message of a stream's too; larger ones
+# fail with RESOURCE_EXHAUSTED before decoding (AdminService's take a catalog: server.py).
 MAX_MESSAGE_BYTES = integer("MAX_MESSAGE_BYTES", 1 << 20, low=1024)
-# Largest answer a gateway sends (bytes). A gRPC client receives at most 4 MiB unless it raises
-# its limit, and fails a larger answer RESOURCE_EXHAUSTED, which tells it to retry, though the
-# call was served: an IngestBatch whose answer could pass this is refused before any of its
-# events is routed (cluster/gateway/answerbound.py). 64 KiB under 4 MiB, for what its bound
-# cannot see (a shard deciding by a catalog the gateway has not compiled yet). Raise it only
-# once every client's receive limit is raised past it.
+# Largest answer an IngestBatch may have (bytes). A gRPC client receives at most 4 MiB unless it
+# raises its limit, and fails a larger answer RESOURCE_EXHAUSTED, which tells it to retry,
+# though the call was served: an IngestBatch whose answer could pass this is refused before
+# any of its events is routed (cluster/gateway/answerbound.py). 64 KiB under 4 MiB, for what its
+# bound cannot see (a shard deciding by a catalog the gateway has not compiled yet). Raise it
+# only once every client's receive limit is raised past it.
 MAX_ANSWER_BYTES = integer("MAX_ANSWER_BYTES", (4 << 20) - (64 << 10), low=1 << 20,
                            high=(1 << 31) - 1)
 # Decisions a watch stream of one customer may have left unread when a shard's push call comes;

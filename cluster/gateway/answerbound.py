@@ -5,8 +5,7 @@ A batch is answered an ack per event, and the acks of the events that ask for a 
 made a 14 MB answer. A gRPC client receives at most 4 MiB by default and fails a larger answer
 RESOURCE_EXHAUSTED, which tells it to retry, though every event was applied: a retry applied
 them again. So a batch whose answer could pass settings.MAX_ANSWER_BYTES is refused whole,
-INVALID_ARGUMENT naming `events`, before any of it is routed (`check`); and the server sends no
-answer past it (server.py).
+INVALID_ARGUMENT naming `events`, before any of it is routed (`check`).
 
 The bound, in protobuf's wire bytes, adds:
 - what the answer echoes of the request, field for field no larger there: each ack's event_id,
@@ -23,8 +22,9 @@ The bound, in protobuf's wire bytes, adds:
   the customer the alias is linked to, not the request's: OTHER_CUSTOMER more each.
 A shard may decide by a catalog the gateway has not compiled yet, in the moments after a switch:
 MAX_ANSWER_BYTES leaves 64 KiB below 4 MiB for that. A batch near the bound whose decisions the
-new catalog makes larger by more (a larger top_k, longer ids) is applied, and its answer not
-sent: grpc fails the call RESOURCE_EXHAUSTED (server.py's send limit), as a client did before.
+new catalog makes larger by more (a larger top_k, longer ids) is applied, and its answer may pass
+a client's receive limit, which fails it RESOURCE_EXHAUSTED, as before. The server sets no send
+limit of its own: an AdminService answer holds a catalog of up to 4 MiB.
 """
 from __future__ import annotations
 

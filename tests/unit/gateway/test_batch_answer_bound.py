@@ -9,7 +9,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from kairos.cluster.gateway import answerbound, server
+from kairos.cluster.gateway import answerbound
 from kairos.cluster.settings import MAX_ANSWER_BYTES
 from kairos.v1 import admin_pb2, admin_pb2_grpc
 from kairos.v1 import decision_pb2 as pb
@@ -127,15 +127,3 @@ def test_the_decision_of_an_event_by_alias_may_name_another_customer():
         answer = stub.IngestBatch(batch, timeout=60)
         assert answer.acks[0].decision.customer_id == customer
         assert answer.ByteSize() <= bound(gateway, batch) + 100 * answerbound.OTHER_CUSTOMER
-
-
-def test_the_server_sends_no_answer_past_its_bound(monkeypatch):
-    """max_send_message_length: an answer past it is not sent (grpc fails the call
-    RESOURCE_EXHAUSTED); a batch's bound keeps a batch's answers within it."""
-    monkeypatch.setattr(server, "MAX_ANSWER_BYTES", 1 << 20)
-    with serving() as (gateway, channel):
-        wide(gateway, channel)
-        with pytest.raises(grpc.RpcError) as failed:  # 1.4 MB: within the batch's bound
-            DecisionServiceStub(channel).IngestBatch(page_views(1000, 1000), timeout=120)
-        assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "SERVER: Sent message larger than max" in failed.value.details()
