@@ -245,7 +245,7 @@ class Console:
             raise GatewayError("invalid", f"no decision on the channel {self.config.channel!r}: "
                                           f"the catalog has none such, or the key is bound to "
                                           f"another channel")
-        return views.customer_page(profile, self.config.channel, answerable=live)
+        return views.customer_page(profile, self.config.channel)
 
     async def fallback_page(self, key: str, customer_id: str, unread: GatewayError
                             ) -> views.CustomerPage:

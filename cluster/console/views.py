@@ -61,9 +61,6 @@ class CustomerPage:
     dropped: list[pb.DroppedAction] = field(default_factory=list)
     dropped_more: int = 0
     unread: bool = False  # the record could not be read: the decision alone is shown
-    # its decision may be answered: the live part's, logged; the page's own read decides a
-    # preview, which takes no outcome (its buttons wait, disabled, for the live part)
-    answerable: bool = False
 
     @property
     def channels(self) -> list[str]:
@@ -76,9 +73,8 @@ class CustomerPage:
                                              doseq=True)
 
 
-def customer_page(profile: pb.Profile, channel: str, answerable: bool) -> CustomerPage:
-    """The page of `channel`'s agents (the profile holds a decision for it); `answerable`: its
-    decision was logged as shown on `channel` (GetProfile's `shown_channel`)."""
+def customer_page(profile: pb.Profile, channel: str) -> CustomerPage:
+    """The page of `channel`'s agents (the profile holds a decision for it)."""
     decision = profile.current[channel]
     dropped = list(decision.explanation.dropped)
     return CustomerPage(
@@ -96,16 +92,16 @@ def customer_page(profile: pb.Profile, channel: str, answerable: bool) -> Custom
         others=[(name, d.actions[0] if d.actions else None, d.fallback)
                 for name, d in sorted(profile.current.items()) if name != channel],
         dropped=dropped[:MAX_DROPPED_SHOWN],
-        dropped_more=max(0, len(dropped) - MAX_DROPPED_SHOWN), answerable=answerable)
+        dropped_more=max(0, len(dropped) - MAX_DROPPED_SHOWN))
 
 
 def fallback_page(customer_id: str, channel: str, decision: pb.Decision) -> CustomerPage:
     """The page when only a decision could be had (the record could not be read): the
-    decision (a Decide's, logged), and nothing of the record."""
+    decision, and nothing of the record."""
     return CustomerPage(customer_id=customer_id, channel=channel, attributes=[], features=[],
                         model_inputs=[], consent=[], history=[], decision=decision,
                         actions=list(decision.actions[:ACTIONS_SHOWN]), others=[],
-                        unread=True, answerable=True)
+                        unread=True)
 
 
 def draining(status: admin_pb2.ClusterStatus) -> list[str]:

@@ -63,25 +63,3 @@ def test_a_read_to_learn_the_channels_shows_nothing(client, gateway):
     updates(client, "/customer/live?id=ana", 1)
     # the read that learns the channels, then the first update
     assert gateway.shown[:2] == ["", "call_center"]
-
-
-def first_update(client: TestClient, url: str) -> str:
-    with client.stream("GET", url) as live:
-        lines = iter(live.iter_lines())
-        for line in lines:
-            if line == "event: update":
-                return "\n".join(line[len("data: "):] for line in
-                                 iter(lambda: next(lines), "") if line.startswith("data: "))
-    raise AssertionError("no update")
-
-
-def test_the_answers_wait_for_the_live_part_s_decision_the_page_s_own_is_a_preview(client):
-    """A preview's id takes no outcome (the shard refuses it): the page's own read offers its
-    buttons disabled, and the live part, whose decision is logged as shown, enables them."""
-    page = client.get("/customer?id=ana").text
-    buttons = page.count('<button name="outcome"')
-    assert buttons and page.count('<button name="outcome" value="accept" class="accept" '
-                                  'disabled') == buttons // 3
-    update = first_update(client, "/customer/live?id=ana&channel=call_center&channel=web")
-    assert update.count('<button name="outcome"') == buttons
-    assert " disabled" not in update
