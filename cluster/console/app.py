@@ -55,6 +55,7 @@ from kairos.cluster.console.session import (ANSWERED_EARLIER, COOKIE, CSRF_FIELD
                                             VISITOR_COOKIE, Sessions, SignInLimit,
                                             SignInRefused, cookie_name, cookie_options)
 from kairos.cluster.gateway.auth import Auth
+from kairos.cluster.shard.outcomes import PREVIEWED
 from kairos.core.request import MAX_DECISION_ID_LENGTH
 from kairos.core.request import MAX_KEY_LENGTH as MAX_ACTION_ID_LENGTH
 from kairos.v1 import admin_pb2
@@ -351,9 +352,8 @@ class Console:
             while len(session.answered) > MAX_ANSWERED:
                 session.answered.popitem(last=False)
             try:
-                learned = await self.gateway.respond(session.key, customer_id,
-                                                     self.config.channel, decision_id,
-                                                     action_id, outcome)
+                learned = await self._answer(session.key, customer_id, decision_id, action_id,
+                                             outcome)
             except BaseException as exc:
                 # unconfirmed, however (a failure, a bug, the request cancelled): the action
                 # is not left "being sent" for good, so the agent may answer it again
@@ -374,6 +374,29 @@ class Console:
                 session.notices.popitem(last=False)
         return self.redirect(request, "/customer?" + urlencode(
             {"id": customer_id, **({"recorded": recorded} if recorded else {})}))
+
+    async def _answer(self, key: str, customer_id: str, decision_id: str, action_id: str,
+                      outcome: str) -> int:
+        """Respond to the decision the page showed. The page's own read is a preview, which
+        takes no outcome: answered before the live part brought the logged one (paused at a
+        cap, no script, a quick click), the answer goes to the decision a read showing the
+        agent's channel logs now, if it shows the action too, under the preview's idempotency
+        key (sent again after a timeout, recorded once)."""
+        channel = self.config.channel
+        try:
+            return await self.gateway.respond(key, customer_id, channel, decision_id, action_id,
+                                              outcome)
+        except GatewayError as exc:
+            if exc.kind != "invalid" or PREVIEWED not in exc.detail:
+                raise
+        shown = (await self.gateway.profile(key, Lookup(customer_id),
+                                            shown_channel=channel)).current.get(channel)
+        if shown is None or action_id not in [a.action_id for a in
+                                              shown.actions[:views.ACTIONS_SHOWN]]:
+            raise GatewayError("invalid", f"{action_id} is no longer among the next best actions "
+                                          f"on {channel}: answer them as they are now")
+        return await self.gateway.respond(key, customer_id, channel, shown.decision_id,
+                                          action_id, outcome, answering=decision_id)
 
     # -- operators -----------------------------------------------------------------------------
 

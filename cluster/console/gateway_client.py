@@ -116,14 +116,17 @@ class GatewayClient:
             customer_id=customer_id, channel=channel), key)
 
     async def respond(self, key: str, customer_id: str, channel: str, decision_id: str,
-                      action_id: str, outcome: str) -> int:
+                      action_id: str, outcome: str, answering: str = "") -> int:
         """Records the agent's answer to one of a decision's actions once, and says what the
         gateway learned from it (`pb.LearnedFrom`). The idempotency key names the decision
         and the action, not the outcome (one answer per action a decision showed), so an
         answer sent again after a timeout is not recorded twice, and neither is another
         outcome for the same action: LEARNED_FROM_DUPLICATE, and the first one stands (the
-        gateway's ids are longer than a key may be: a digest)."""
-        answer = hashlib.sha256(f"{decision_id}\x00{action_id}".encode()).hexdigest()
+        gateway's ids are longer than a key may be: a digest). `answering`: the decision the
+        agent answered, where it is not `decision_id` (a preview's: app.py `_answer`), which
+        names the key."""
+        answered = answering or decision_id
+        answer = hashlib.sha256(f"{answered}\x00{action_id}".encode()).hexdigest()
         ack = await self._unary(self._decisions.Respond, pb.Outcome(
             customer_id=customer_id, channel=channel, decision_id=decision_id,
             action_id=action_id, outcome=OUTCOMES[outcome],
