@@ -304,6 +304,10 @@ class BayesianLogit:
 
 # Per-model sums that add as they are: outcomes counted, and the values conversions reported.
 COUNTS = ("positives", "negatives", "value_count", "value_sum")
+# A shard's delta is a later total less an earlier mark, which sums of its own move (a take while
+# a sync is in flight: take_synced), each rounded: below zero by that share of the learner's
+# total is rounding (a value_sum of -1.1e-13 on a few hundred was seen), not a count taken back
+ROUNDING_SHARE = 1e-9
 # A delta's statistics, in the order of ModelDelta's fields
 DELTA_STATS = ("precision_mean", "precision", *COUNTS, "inputs")
 
@@ -485,6 +489,13 @@ def sound_rows(mean: np.ndarray, precision: np.ndarray, *counts: np.ndarray,
     if positive and precision.ndim == 3:
         ok[ok] = positive_definite(precision[ok])
     return ok
+
+
+def _rounded_up(delta: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """`delta` with what is below zero by no more than rounding makes (ROUNDING_SHARE of the
+    `total` it adds to) read as zero, for `sound_rows`' check alone."""
+    drift = (delta < 0) & (delta >= -ROUNDING_SHARE * np.abs(total))
+    return np.where(drift, 0.0, delta)
 
 
 def positive_definite(precision: np.ndarray) -> np.ndarray:
@@ -760,7 +771,8 @@ class ModelTable:
             summed = {name: getattr(self, name)[rows] + getattr(delta, name)[at]
                       for name in COUNTS}
         ok = sound_rows(mean, precision, *summed.values()) & \
-            sound_rows(delta.precision_mean[at], delta.precision[at], counts[at],
+            sound_rows(delta.precision_mean[at], _rounded_up(delta.precision[at], precision),
+                       _rounded_up(counts[at], np.stack(list(summed.values()), axis=1)),
                        positive=False)
         good = rows[ok]
         for name, value in (("mean", mean), ("precision", precision), *summed.items()):
