@@ -192,7 +192,7 @@ class RayBackend:
         await self.call(name, lambda actor: actor.ready.remote(), SHARD_START_S)
 
     async def kill_shard(self, name: str) -> None:
-        await self.disconnect(name)
+        await self._close_plane(name)
         with contextlib.suppress(ValueError):  # already gone
             ray.kill(self._handle(name), no_restart=True)
         self._handles.pop(name, None)
@@ -234,7 +234,7 @@ class RayBackend:
             raise NotCarried(f"{name}: the batch cannot be sent: {exc}") from exc
         except Exception as exc:  # closed, refused, timed out, or the shard is gone
             if self._planes.get(name) is plane:
-                await self.disconnect(name)  # the next batch reconnects, to a restart too
+                await self._close_plane(name)  # the next batch reconnects, to a restart too
             if isinstance(exc, Unavailable):
                 raise
             raise Unavailable(f"{name}: {exc}") from exc
@@ -245,11 +245,16 @@ class RayBackend:
 
     async def close(self) -> None:
         for name in list(self._planes):
-            await self.disconnect(name)
+            await self._close_plane(name)
 
     async def disconnect(self, name: str) -> None:
-        """Close the connection to shard `name`, if one is open (the client's link to it
-        went: it left the map); a later send opens one again."""
+        """Forget shard `name`, which left the map (the client's link to it went): its
+        connection closed, if one is open, and its actor handle dropped; a later send
+        opens one again."""
+        self._handles.pop(name, None)
+        await self._close_plane(name)
+
+    async def _close_plane(self, name: str) -> None:
         plane = self._planes.pop(name, None)
         if plane is not None:
             with contextlib.suppress(Exception):

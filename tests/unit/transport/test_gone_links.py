@@ -145,6 +145,7 @@ def test_the_connection_to_a_shard_gone_from_the_map_is_closed():
             return await PlaneConnection.open(*address, server.secret)
 
         backend._connect = connect
+        backend._handles.update(s0=object(), s1=object())  # actor handles, as Ray's are kept
         controller = TwoShardsThenOne()
         backend.controller = lambda: controller
         client = await KairosClient(backend).connect()
@@ -155,6 +156,7 @@ def test_the_connection_to_a_shard_gone_from_the_map_is_closed():
         controller.shrink.set()
         await until(lambda: gone.closed, 5, "the connection to s0 to close")
         assert set(backend._planes) == {"s1"} and set(client._links) == {"s1"}
+        assert set(backend._handles) == {"s1"}
         await client.close()
         server.close()
     asyncio.run(main())
