@@ -274,8 +274,9 @@ def misnumbered(path: Path, expect: int, first_read: bool = False) -> JournalCor
         f"{path}: {what}, and no record accepts LSNs {expect}-{first - 1} as skipped (a "
         f"segment or a gap's file removed, or a quarantined file an older Kairos relied on); do "
         f"not quarantine this segment, which may hold acknowledged batches: if those LSNs are "
-        f"gone, create the empty file {path.parent / QUARANTINE}/{expect:020d}{LOST} to accept "
-        f"the gap (README, \"Corruption\")")
+        f"gone (or a release from before truncation marks truncated them: a rollback), create "
+        f"the empty file {path.parent / QUARANTINE}/{expect:020d}{LOST} to accept the gap "
+        f"(README, \"Corruption\")")
     log.error("%s", error)
     return error
 

@@ -396,8 +396,7 @@ class Journal(JournalReader):
 
     def _recover_tail(self) -> None:
         """Find the last LSN, past every LSN a quarantined file could hold ("Gaps"); cut a
-        torn tail off the last segment (and drop a compaction's temporary files: the files
-        they were to replace are whole)."""
+        torn tail off the last segment; drop a compaction's temporary files (theirs are whole)."""
         for leftover in [*self.directory.glob("*.tmp"),
                          *(self.directory / QUARANTINE).glob(".*.tmp")]:
             leftover.unlink()
@@ -410,9 +409,10 @@ class Journal(JournalReader):
         quarantined, starts = self._quarantined(), [first_lsn(s) for s in segments]
         # past any LSN they could hold from the last segment on (one before it held fewer)
         past = max([self.last_lsn] + [g + n - 1 for g, n in quarantined.items() if g >= last])
-        for gap in (gap for gap in quarantined if gap >= min(first, self.trimmed + 1)):
-            # a quarantined segment's (or one an older Kairos left), up to the next segment
-            self._record_gap(gap, min((s - 1 for s in starts if s > gap), default=past))
+        floor = min(first, self.trimmed + 1)  # the first LSN replay may need: a quarantined
+        for gap in quarantined:  # segment's (or an older Kairos's) from there to the next one's
+            if (end := min((s - 1 for s in starts if s > gap), default=past)) >= floor:
+                self._record_gap(max(gap, floor), end)
         if segments and past == self.last_lsn:  # else the LSNs go on in a segment of their own
             self._fd, self._size = os.open(segments[-1], os.O_WRONLY | os.O_APPEND), size
         self._go_past(past)

@@ -124,9 +124,9 @@ class RedisReader:
                     f"{'?' if expect is None else expect - 1}")
             if not misscored and first > expect:  # intact: what is wrong is the gap before it
                 what += (f"; no record accepts LSNs {expect}-{first - 1} as skipped: do not "
-                         f"quarantine this batch, which may hold acknowledged events; if those "
-                         f"LSNs are gone, accept the gap with `ZADD {self.key}:gaps "
-                         f"{first - 1} {first - 1}` (README, \"Corruption\")")
+                         f"quarantine this batch, which may hold acknowledged events; if they are"
+                         f" gone (or an older release truncated them), accept the gap with `ZADD"
+                         f" {self.key}:gaps {first - 1} {first - 1}` (README, \"Corruption\")")
             raise StoreCorrupt(what)
         return first, records, journal_format
 

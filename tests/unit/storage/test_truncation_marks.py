@@ -223,3 +223,19 @@ def test_a_plain_redis_batch_of_the_wrong_shape_is_corruption(store):
     store.r.zadd(f"{store.prefix}:j:s0", {msgpack.packb([1, 7]): 1})  # records not a list
     with pytest.raises(StoreCorrupt, match="the batch scored 1 does not decode"):
         lsns(store.read_journal("s0"))
+
+
+def test_a_quarantined_segment_that_straddles_the_mark_leaves_a_gap_its_removal_keeps(tmp_path):
+    """Truncation falls inside a segment (LSNs 6-10, the mark at 7); that segment quarantined,
+    opening records the gap of its LSNs past the mark, so replay accepts it once the quarantine
+    is removed, as it may be (review of the marks, M3: the shard was refused then)."""
+    j = Journal(tmp_path, segment_bytes=1)
+    for first in (1, 6, 11):
+        j.append([("event", 1, "ana", k) for k in range(first, first + 5)])
+    j.truncate(7)
+    j.close()
+    (tmp_path / "quarantine").mkdir()
+    shutil.move(tmp_path / segment(6), tmp_path / "quarantine" / segment(6))
+    assert lsns(Journal(tmp_path, segment_bytes=1), 7) == list(range(11, 16))
+    shutil.rmtree(tmp_path / "quarantine")
+    assert lsns(Journal(tmp_path, segment_bytes=1), 7) == list(range(11, 16))
