@@ -23,7 +23,7 @@ being written, or torn by a crash, or damaged: its CRC fails). An erasure rewrit
 segment without everything from that frame on, whoever's entries it holds (`erase`). A whole
 frame whose CRC holds but that does not decode as an entry (a newer Kairos's, as the journal
 keeps a newer format's batches) is skipped by readers and kept whole by erasures, with a
-warning. A file ending .dlog not named by a time is not a segment: it is left alone, with a
+warning, unless its bytes hold an erased customer's id (`_names`). A file ending .dlog not named by a time is not a segment: it is left alone, with a
 warning.
 
 Retention drops whole segments, the newest too once its last entry is past the age bound: a
@@ -260,7 +260,7 @@ class DirectoryLog:
                 self._sweep()
                 for segment in self._segments():
                     whole, stopped = self._entries(segment)
-                    kept = [e for e in whole if isinstance(e, bytes) or e[1] not in customer_ids]
+                    kept = [e for e in whole if not _names(e, customer_ids)]
                     if stopped is not None:
                         log.warning("decision log %s: erasure cuts segment %s at byte %d, "
                                     "dropping what does not read as entries there",
@@ -371,6 +371,15 @@ def _entry(data: bytes, pos: int) -> tuple[Entry | None, int] | None:
     except _UNREADABLE:
         return None, end
     return checked_entry(logged, customer_id, record), end
+
+
+def _names(frame: Frame, customer_ids: set[str]) -> bool:
+    """Whether a frame names one of the customers: an entry of theirs, or a frame kept whole
+    (a newer release's) whose bytes hold one's id, as msgpack writes it (UTF-8): it cannot be
+    read, so it goes, with whatever else it held, rather than keep the id."""
+    if isinstance(frame, bytes):
+        return any(customer_id.encode() in frame for customer_id in customer_ids)
+    return frame[1] in customer_ids
 
 
 def checked_entry(logged: object, customer_id: object, record: object) -> Entry | None:

@@ -15,7 +15,7 @@ A member that msgpack does not decode (damaged: Redis keeps no checksum, and eve
 members so) is skipped by a read, with a warning, and removed by any erasure: it cannot be
 checked for the customers erased. One that decodes as something other than an entry (a newer
 Kairos's, as the journal keeps a newer format's batches) is skipped by reads and kept by
-erasures, with a warning. Neither one's size, unknown, is subtracted from the log's count (the
+erasures, with a warning, unless its bytes hold an erased customer's id. Neither one's size, unknown, is subtracted from the log's count (the
 safe direction: `_remove`).
 """
 from __future__ import annotations
@@ -168,14 +168,15 @@ class RedisLog:
         return dropped
 
     def _erased(self, member: bytes, customer_ids: set[str]) -> bool:
-        """Whether an erasure of `customer_ids` removes `member`: one of theirs, or a damaged
-        one, which cannot be checked (warned of, as is a newer Kairos's, kept)."""
+        """Whether an erasure of `customer_ids` removes `member`: one of theirs, a damaged one,
+        which cannot be checked, or a newer Kairos's whose bytes hold one's id as msgpack
+        writes it (warned of, as is one kept)."""
         if isinstance(entry := _unpacked(member), tuple):
             return entry[0] in customer_ids
+        erased = entry is DAMAGED or any(c.encode() in member for c in customer_ids)
         log.warning("decision log %s: a member of %d bytes is not an entry (%s): %s by this "
-                    "erasure", self.key, len(member), entry,
-                    "removed" if entry is DAMAGED else "kept")
-        return entry is DAMAGED
+                    "erasure", self.key, len(member), entry, "removed" if erased else "kept")
+        return erased
 
     def _no_op(self) -> None:
         """A replicated write that leaves nothing (a key set and deleted in one MULTI/EXEC:
