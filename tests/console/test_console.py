@@ -171,6 +171,9 @@ def test_an_event_on_the_web_changes_the_page_within_a_second_without_reload(pag
 def test_accept_records_the_outcome_in_the_history_and_the_profile(page, kairos):
     who = customer(kairos)
     open_customer(page, kairos, who)
+    # the live part's decision, logged, is the one answered (the page's own read is a preview,
+    # whose answer goes to a decision logged at the click, which may rank the actions anew)
+    page.wait_for_selector("#live[data-updates]", state="attached")
     action = page.locator("#nba article.action").first.get_attribute("data-action")
     # that action's button: a live update may re-rank the list (each decision draws its
     # propensities) between reading the first action and clicking
@@ -225,6 +228,7 @@ def test_the_japanese_page_has_japanese_labels(page, kairos):
     assert page.locator("html").get_attribute("lang") == "ja"
     assert "ネクスト・ベスト・アクション" in page.locator("#nba h2").first.inner_text()
     assert page.locator("button.accept").first.inner_text() == "承諾"
+    page.wait_for_selector("#live[data-updates]", state="attached")  # as the accept test
     page.locator("button.not-now").first.click()  # "Not now": an IGNORE in the history
     page.wait_for_selector("p.notice")
     assert "今はしない" in page.locator("p.notice").inner_text()
