@@ -1,15 +1,12 @@
-"""The gateway's gRPC server: both kairos.v1 services behind the auth, in-flight, bounds,
-request size and parsing interceptors, with health and reflection (open to all; reflection
-describes DecisionService, health and itself, not AdminService: `reflected_pool`), on plaintext
-or TLS. Each connection carries at most `streams_per_connection()` calls at once (more wait in
-the client, silently, until one ends or their deadline passes). A request may take up to
-ADMIN_REQUEST_BYTES (a catalog and its evidence), a DecisionService one MAX_MESSAGE_BYTES
-(`RequestBound`)."""
+"""The gateway's gRPC server: both kairos.v1 services behind the auth, in-flight, bounds and
+parsing interceptors, with health and reflection (open to all; reflection describes
+DecisionService, health and itself, not AdminService: `reflected_pool`), on plaintext or TLS.
+Each connection carries at most `streams_per_connection()` calls at once (more wait in the
+client, silently, until one ends or their deadline passes)."""
 from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -17,26 +14,20 @@ from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from kairos.core.yamlsource import MAX_CATALOG_BYTES
 from kairos.v1 import admin_pb2_grpc, decision_pb2, decision_pb2_grpc
 
 from kairos.cluster.gateway import streams
-from kairos.cluster.gateway.admin import MAX_EVIDENCE_BYTES, AdminService
+from kairos.cluster.gateway.admin import AdminService
 from kairos.cluster.gateway.auth import Auth, AuthInterceptor, is_loopback
 from kairos.cluster.gateway.bounds import Bounds
-from kairos.cluster.gateway.calls import Gateway, InflightLimit, fail
-from kairos.cluster.gateway.parsing import ParseInterceptor, Wrappers
+from kairos.cluster.gateway.calls import Gateway, InflightLimit
+from kairos.cluster.gateway.parsing import ParseInterceptor
 from kairos.cluster.gateway.decisions import DecisionService
 from kairos.cluster.secret_files import check_secret_file
 from kairos.cluster.settings import (GATEWAY_CONNECTION_IDLE_S, GATEWAY_CONNECTIONS,
-                                     MAX_MESSAGE_BYTES)
-from kairos.cluster.transport.client import Busy
+                                     MAX_ANSWER_BYTES, MAX_MESSAGE_BYTES)
 
 SERVICES = ("kairos.v1.DecisionService", "kairos.v1.AdminService")
-# The largest request the server reads: a PutCatalog's, whose catalog may take 4 MiB of text
-# (core/yamlsource.py) and its evidence MAX_EVIDENCE_BYTES, with room for its other fields (an
-# expected version) and protobuf's framing. DecisionService's requests keep MAX_MESSAGE_BYTES.
-ADMIN_REQUEST_BYTES = MAX_CATALOG_BYTES + MAX_EVIDENCE_BYTES + (64 << 10)
 # What reflection, open to anyone who reaches the port, lists and describes: what a channel's
 # grpcurl needs (the calls, health), not the operators' AdminService (their CLI and
 # protos/kairos/v1/admin.proto describe it), whose calls a key must still be refused to reveal
@@ -114,8 +105,11 @@ async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | N
     checker = health.aio.HealthServicer()
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(auth), InflightLimit(gateway), Bounds(gateway, checker),
-                      RequestBound(), ParseInterceptor(), *interceptors],
-        options=[("grpc.max_receive_message_length", receive_limit(admin)),
+                      ParseInterceptor(), *interceptors],
+        # an answer past MAX_ANSWER_BYTES is not sent: grpc fails its call RESOURCE_EXHAUSTED
+        # (an IngestBatch's is kept within it before its events are routed: answerbound.py)
+        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                 ("grpc.max_send_message_length", MAX_ANSWER_BYTES),
                  ("grpc.max_concurrent_streams", streams_per_connection()),
                  ("grpc.so_reuseport", 0), *KEEPALIVE_OPTIONS, *connection_options()])
     decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionService(gateway), server)
@@ -135,71 +129,6 @@ async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | N
     await server.start()
     gateway.start()
     return server, checker, bound
-
-
-def receive_limit(admin: bool) -> int:
-    """The largest request the server reads: an admin's catalog with its evidence; a shard's
-    endpoint, which serves DecisionService only (`admin` False), DecisionService's bound."""
-    return max(MAX_MESSAGE_BYTES, ADMIN_REQUEST_BYTES) if admin else MAX_MESSAGE_BYTES
-
-
-class RequestBound(grpc.aio.ServerInterceptor):
-    """Refuses a DecisionService request, or a message of its stream, of more than
-    MAX_MESSAGE_BYTES with RESOURCE_EXHAUSTED, before it is parsed: what grpc answered while
-    that was the server's bound, which now lets an admin's catalog in (ADMIN_REQUEST_BYTES).
-    Next to the parsing interceptor, whose handlers take the request's bytes: a deserializer,
-    which has no context to answer with, could only fail its parse (INVALID_ARGUMENT), or end
-    the call UNKNOWN."""
-
-    def __init__(self) -> None:
-        self._wrappers = Wrappers(lambda handler, method: _bounded(handler))
-
-    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
-        handler = await continuation(details)
-        if handler is None or not details.method.startswith("/kairos.v1.DecisionService/"):
-            return handler
-        return self._wrappers.of(handler, details.method)
-
-
-def _bounded(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """`handler` (of one of DecisionService's kinds: unary, a unary request's stream, or
-    IngestStream's; its requests still bytes) refusing a request past MAX_MESSAGE_BYTES; in a
-    stream, as the stream's failure (Busy), which ends it in its turn, after the acks of the
-    events before it."""
-    serialize = handler.response_serializer
-    if handler.unary_unary:
-        async def unary_unary(data: bytes, context) -> Any:
-            await _check(data, context)
-            return await handler.unary_unary(data, context)
-        return grpc.unary_unary_rpc_method_handler(unary_unary, response_serializer=serialize)
-    if handler.unary_stream:
-        async def unary_stream(data: bytes, context) -> AsyncIterator[Any]:
-            await _check(data, context)
-            async for answer in handler.unary_stream(data, context):
-                yield answer
-        return grpc.unary_stream_rpc_method_handler(unary_stream, response_serializer=serialize)
-
-    async def stream_stream(requests: AsyncIterator[bytes], context) -> AsyncIterator[Any]:
-        async for answer in handler.stream_stream(_each(requests), context):
-            yield answer
-    return grpc.stream_stream_rpc_method_handler(stream_stream, response_serializer=serialize)
-
-
-async def _check(data: bytes, context) -> None:
-    if len(data) > MAX_MESSAGE_BYTES:
-        await fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED, _too_large(len(data)))
-
-
-async def _each(requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    async for data in requests:
-        if len(data) > MAX_MESSAGE_BYTES:
-            raise Busy(_too_large(len(data)))
-        yield data
-
-
-def _too_large(size: int) -> str:
-    return (f"a DecisionService message takes at most {MAX_MESSAGE_BYTES} bytes "
-            f"(KAIROS_MAX_MESSAGE_BYTES), got {size}")
 
 
 def reflected_pool() -> descriptor_pool.DescriptorPool:
