@@ -25,7 +25,7 @@ from kairos.cluster.gateway.parsing import ParseInterceptor
 from kairos.cluster.gateway.decisions import DecisionService
 from kairos.cluster.secret_files import check_secret_file
 from kairos.cluster.settings import (GATEWAY_CONNECTION_IDLE_S, GATEWAY_CONNECTIONS,
-                                     MAX_ANSWER_BYTES, MAX_MESSAGE_BYTES)
+                                     MAX_MESSAGE_BYTES)
 
 SERVICES = ("kairos.v1.DecisionService", "kairos.v1.AdminService")
 # What reflection, open to anyone who reaches the port, lists and describes: what a channel's
@@ -106,10 +106,9 @@ async def serve(gateway: Gateway, auth: Auth, host: str, port: int, tls: Tls | N
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(auth), InflightLimit(gateway), Bounds(gateway, checker),
                       ParseInterceptor(), *interceptors],
-        # an answer past MAX_ANSWER_BYTES is not sent: grpc fails its call RESOURCE_EXHAUSTED
-        # (an IngestBatch's is kept within it before its events are routed: answerbound.py)
+        # one bound for every method: grpc reads a message whole before any key is checked, so
+        # a larger one for AdminService's catalogs would be a stranger's on every stream
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                 ("grpc.max_send_message_length", MAX_ANSWER_BYTES),
                  ("grpc.max_concurrent_streams", streams_per_connection()),
                  ("grpc.so_reuseport", 0), *KEEPALIVE_OPTIONS, *connection_options()])
     decision_pb2_grpc.add_DecisionServiceServicer_to_server(DecisionService(gateway), server)
