@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 
-from kairos.core.request import MAX_CUSTOMER_ID_LENGTH
+from kairos.core.request import MAX_PROFILE_ID_LENGTH
 
 from kairos.cluster.protocol import Reply, Request
 from kairos.cluster.routed import ROUTED, ROUTES_VERSION_KEY
@@ -85,7 +85,7 @@ class RouteHint(grpc.aio.ServerInterceptor):
             # before the handler, so that an error answer carries it too (grpc keeps a
             # trailer set before an abort); an id past its bounds is the handler's to refuse
             customer = request.customer_id
-            if 0 < len(customer) <= MAX_CUSTOMER_ID_LENGTH and \
+            if 0 < len(customer) <= MAX_PROFILE_ID_LENGTH and \
                     self.client.owner(customer) != self.own:
                 context.set_trailing_metadata(((ROUTES_VERSION_KEY, str(self.client.version)),))
             return await handler.unary_unary(request, context)
