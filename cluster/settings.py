@@ -407,8 +407,9 @@ GATEWAY_CONNECTIONS = integer("GATEWAY_CONNECTIONS", 8192)
 # ... and how long one may carry no call before the gateway closes it (HTTP/2 GOAWAY: a client
 # connects again for its next call), so idle or half-open connections do not pile up.
 GATEWAY_CONNECTION_IDLE_S = number("GATEWAY_CONNECTION_IDLE_S", 300.0, above=True)
-# Largest DecisionService request accepted (bytes), each message of a stream's too; larger ones
-# fail with RESOURCE_EXHAUSTED before decoding (AdminService's take a catalog: server.py).
+# Largest request a gateway accepts (bytes), of any method, each message of a stream's too;
+# larger ones fail with RESOURCE_EXHAUSTED before decoding (a PutCatalog's catalog and evidence
+# included: raise it on the gateways for catalogs past about 1 MiB).
 MAX_MESSAGE_BYTES = integer("MAX_MESSAGE_BYTES", 1 << 20, low=1024)
 # Largest answer an IngestBatch may have (bytes). A gRPC client receives at most 4 MiB unless it
 # raises its limit, and fails a larger answer RESOURCE_EXHAUSTED, which tells it to retry,

@@ -306,8 +306,10 @@ class BayesianLogit:
 COUNTS = ("positives", "negatives", "value_count", "value_sum")
 # A shard's delta is a later total less an earlier mark, which sums of its own move (a take while
 # a sync is in flight: take_synced), each rounded: below zero by that share of the learner's
-# total is rounding (a value_sum of -1.1e-13 on a few hundred was seen), not a count taken back
+# total is rounding (a value_sum of -1.1e-13 on a few hundred was seen), not a value taken back.
+# Counts of outcomes grow by whole ones, exact in a float: they get no such allowance
 ROUNDING_SHARE = 1e-9
+ROUNDED = np.array([name == "value_sum" for name in COUNTS])
 # A delta's statistics, in the order of ModelDelta's fields
 DELTA_STATS = ("precision_mean", "precision", *COUNTS, "inputs")
 
@@ -772,7 +774,8 @@ class ModelTable:
                       for name in COUNTS}
         ok = sound_rows(mean, precision, *summed.values()) & \
             sound_rows(delta.precision_mean[at], _rounded_up(delta.precision[at], precision),
-                       _rounded_up(counts[at], np.stack(list(summed.values()), axis=1)),
+                       np.where(ROUNDED, _rounded_up(counts[at], np.stack(
+                           list(summed.values()), axis=1)), counts[at]),
                        positive=False)
         good = rows[ok]
         for name, value in (("mean", mean), ("precision", precision), *summed.items()):

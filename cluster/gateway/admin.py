@@ -34,8 +34,8 @@ from kairos.cluster.transport.client import Busy
 MAX_SHARDS = 1024
 MAX_NODE_ID = 64  # Ray's node ids are 56 hex digits
 HEX = frozenset("0123456789abcdef")
-# a replay report kept with a catalog version: a few KiB for a catalog of tens of actions,
-# and well inside a request's bound (settings.MAX_MESSAGE_BYTES) beside its catalog
+# a replay report kept with a catalog version: a few KiB for a catalog of tens of actions; it
+# shares the request's bound (settings.MAX_MESSAGE_BYTES) with its catalog
 MAX_EVIDENCE_BYTES = 256 * 1024
 log = logging.getLogger("kairos.gateway")
 

@@ -375,11 +375,17 @@ def _entry(data: bytes, pos: int) -> tuple[Entry | None, int] | None:
 
 def _names(frame: Frame, customer_ids: set[str]) -> bool:
     """Whether a frame names one of the customers: an entry of theirs, or a frame kept whole
-    (a newer release's) whose bytes hold one's id, as msgpack writes it (UTF-8): it cannot be
-    read, so it goes, with whatever else it held, rather than keep the id."""
+    (a newer release's) whose bytes hold one's id as msgpack packs a string (`packed_id`): it
+    cannot be read, so it goes, with whatever else it held, rather than keep the id."""
     if isinstance(frame, bytes):
-        return any(customer_id.encode() in frame for customer_id in customer_ids)
+        return any(packed_id(customer_id) in frame for customer_id in customer_ids)
     return frame[1] in customer_ids
+
+
+def packed_id(customer_id: str) -> bytes:
+    """An id as msgpack packs it, its length in its header: "12345" is not found in a frame
+    of "123456", as its bare bytes were."""
+    return msgpack.packb(customer_id)
 
 
 def checked_entry(logged: object, customer_id: object, record: object) -> Entry | None:

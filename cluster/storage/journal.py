@@ -409,10 +409,9 @@ class Journal(JournalReader):
         quarantined, starts = self._quarantined(), [first_lsn(s) for s in segments]
         # past any LSN they could hold from the last segment on (one before it held fewer)
         past = max([self.last_lsn] + [g + n - 1 for g, n in quarantined.items() if g >= last])
-        floor = min(first, self.trimmed + 1)  # the first LSN replay may need: a quarantined
-        for gap in quarantined:  # segment's (or an older Kairos's) from there to the next one's
-            if (end := min((s - 1 for s in starts if s > gap), default=past)) >= floor:
-                self._record_gap(max(gap, floor), end)
+        for gap in (gap for gap in quarantined if gap >= min(first, self.trimmed + 1)):
+            # a quarantined segment's (or one an older Kairos left), up to the next segment
+            self._record_gap(gap, min((s - 1 for s in starts if s > gap), default=past))
         if segments and past == self.last_lsn:  # else the LSNs go on in a segment of their own
             self._fd, self._size = os.open(segments[-1], os.O_WRONLY | os.O_APPEND), size
         self._go_past(past)

@@ -30,7 +30,7 @@ import msgpack
 import redis
 
 from kairos.cluster.storage import redis_aof, redis_replicas
-from kairos.cluster.storage.decision_logs import Entry, checked_entry, entry_size
+from kairos.cluster.storage.decision_logs import Entry, checked_entry, entry_size, packed_id
 from kairos.cluster.storage.redis_errors import ERRORS, ReplicasBehind, unavailable
 from kairos.cluster.storage.redis_journal import REPLAY_PAGE
 from kairos.cluster.storage.store import StoreUnavailable
@@ -170,10 +170,10 @@ class RedisLog:
     def _erased(self, member: bytes, customer_ids: set[str]) -> bool:
         """Whether an erasure of `customer_ids` removes `member`: one of theirs, a damaged one,
         which cannot be checked, or a newer Kairos's whose bytes hold one's id as msgpack
-        writes it (warned of, as is one kept)."""
+        packs it (decision_logs.packed_id; warned of, as is one kept)."""
         if isinstance(entry := _unpacked(member), tuple):
             return entry[0] in customer_ids
-        erased = entry is DAMAGED or any(c.encode() in member for c in customer_ids)
+        erased = entry is DAMAGED or any(packed_id(c) in member for c in customer_ids)
         log.warning("decision log %s: a member of %d bytes is not an entry (%s): %s by this "
                     "erasure", self.key, len(member), entry, "removed" if erased else "kept")
         return erased

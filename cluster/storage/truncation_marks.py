@@ -81,13 +81,15 @@ def expected_start(directory: Path, after_lsn: int, segment: Path,
     mark. Its own start if that is by `limit`'s LSN; else the last gap (recorded, or a file
     in `quarantined`) starting by then, which may reach past it (frames.py `past_gaps` walks
     the gaps from there), or that LSN itself."""
-    by = limit(after_lsn, read(directory))
+    by = limit(after_lsn, mark := read(directory))
     if by is None:
         return None
     if first_lsn(segment) <= by:
         return first_lsn(segment)
+    # a file quarantined at or before the mark is not taken to reach past it: its LSNs are not
+    # known, and one left from long before (an accepted gap's `.lost`) hid a deletion since
     starts = [*(int(path.name[:-len(GAP)]) for path in directory.glob(f"*{GAP}")),
-              *quarantined]
+              *(lsn for lsn in quarantined if mark is None or lsn > mark)]
     return max((lsn for lsn in starts if lsn <= by), default=by)
 
 

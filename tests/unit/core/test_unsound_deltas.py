@@ -77,6 +77,12 @@ def test_a_count_below_zero_by_rounding_alone_is_merged(any_posterior):
     taken = learnt(compiled)
     taken.value_count[3], taken.value_sum[3] = 0.0, -1e-3
     assert table.merge(taken) == 1 and 3 not in table.merged_rows
+    # counts of outcomes grow by whole ones, exact: none is allowed below zero, however large
+    # the total (1e-9 of two billion would let -2 through)
+    table.positives[3] = 2e9
+    fewer = learnt(compiled)
+    fewer.positives[3] = -1.0
+    assert table.merge(fewer) == 1 and 3 not in table.merged_rows
 
 @pytest.mark.parametrize("name", COUNTS)
 def test_counts_taken_back_are_refused(any_posterior, name):

@@ -156,3 +156,19 @@ def test_a_redis_member_of_no_entry_that_holds_the_erased_id_goes(redis_log):
     redis_log.r.zadd(redis_log.key, {theirs: T0, others: T0 + 1})
     redis_log.erase({SECRET})
     assert redis_log.r.zrange(redis_log.key, 0, -1) == [others]
+
+
+def test_an_id_found_only_inside_another_keeps_that_customer_s_frame(tmp_path, redis_log):
+    """Erasing "12345" keeps a newer release's frame (member) of "123456": the id is looked for
+    as msgpack packs it, its length in its header, not as bare bytes (review of the fix, 2)."""
+    log = DirectoryLog(tmp_path / "s5")
+    log.append([(T0, "alice", b"x")])
+    other = msgpack.packb([T0, {"who": "123456"}, b"rank=12345", "v9"])
+    with open(only_segment(tmp_path / "s5"), "ab") as f:
+        f.write(HEADER.pack(len(other), zlib.crc32(other)) + other)
+    log.erase({"12345"})
+    assert other in only_segment(tmp_path / "s5").read_bytes()
+    member = msgpack.packb({"customer": "123456"})
+    redis_log.r.zadd(redis_log.key, {member: T0})
+    redis_log.erase({"12345"})
+    assert redis_log.r.zrange(redis_log.key, 0, -1) == [member]
