@@ -81,7 +81,7 @@ def restarted() -> bool:
         with warnings.catch_warnings():
             # Ray's property reads Ray's own deprecated actor_id (Ray 2.60): nothing of ours
             # to change, and every actor's start would print it to `kairos up`'s console
-            warnings.filterwarnings("ignore", "Use get_actor_id", DeprecationWarning)
+            warnings.filterwarnings("ignore", r"(?s).*Use get_actor_id\(\)", DeprecationWarning)
             return ray.get_runtime_context().was_current_actor_reconstructed
     except Exception:  # noqa: BLE001  (whatever Ray raises reading its GCS)
         log.warning("could not ask Ray whether this actor was restarted: telling the "
